@@ -1,0 +1,31 @@
+# imitation-gap: the two commands of the README.
+#   make run   - set up the venv (pinned) and reproduce the whole embedded study (dvc repro)
+#   make test  - set up the venv (pinned) and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test setup bench clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -c requirements.lock -e ".[test]"
+	touch $@
+
+# data.dvc (hand-made inputs) comes from the remote bundled in the repo: no network needed.
+run: setup
+	dvc pull data.dvc
+	dvc repro
+	@echo "Done: see REPORT.md, metrics/summary.json and plots/."
+
+test: setup
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

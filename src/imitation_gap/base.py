@@ -1,0 +1,105 @@
+"""Stage `base@<size>`: pretrain one Llama-architecture base LM on the world's corpus.
+
+The corpus is packed into sequences of ``pretrain.seq_len`` tokens (documents joined by
+``<eos>``) and trained with the Hugging Face ``Trainer`` (causal LM loss, cosine
+schedule).  The model is saved as safetensors under ``models/base/<size>/`` with the
+tokenizer, loadable by ``AutoModelForCausalLM.from_pretrained``.
+
+Run: ``python -m imitation_gap.base --size L`` (dvc: ``dvc repro base@L``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json
+from .config import Params, Size, check_cell, load_params
+
+RAW = Path("data/raw")
+
+
+def model_config(size: Size, tok, max_positions: int = 512):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers, num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_heads, max_position_embeddings=max_positions, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+
+
+def non_embedding_params(model) -> int:
+    emb = model.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
+def packed_dataset(tok, docs: list[str], seq_len: int):
+    from datasets import Dataset
+
+    ids: list[int] = []
+    for enc in tok(docs, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc + [tok.eos_token_id])
+    n = len(ids) // seq_len
+    return Dataset.from_dict({"input_ids": [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]}), len(ids)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    p: Params = load_params(args.params)
+    check_cell(p, args.size)
+    pretrain(p, args.size, Path("models/base") / args.size)
+
+
+def pretrain(p: Params, size_name: str, out_dir: Path) -> dict:
+    import torch
+    from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, LlamaForCausalLM, Trainer,
+                              TrainingArguments, set_seed)
+
+    pt = p.pretrain
+    torch.set_num_threads(pt.threads)
+    set_seed(p.seed)
+    tok = AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
+    docs = [r["text"] for r in read_jsonl(RAW / "corpus.jsonl")]
+    ds, n_corpus = packed_dataset(tok, docs, pt.seq_len)
+    model = LlamaForCausalLM(model_config(p.sizes[size_name], tok))
+    n_params = non_embedding_params(model)
+    log.info("base@%s: %d non-embedding params, %d corpus tokens, %d packed sequences", size_name, n_params,
+             n_corpus, len(ds))
+    stage = f"base@{size_name}"
+    with mlflow_run(p, stage, {"size": size_name, **p.section("pretrain"),
+                               "model": p.section("sizes").get(size_name, {})}):
+        with atomic_dir(out_dir) as tmp:
+            targs = TrainingArguments(
+                output_dir=str(tmp / "trainer"), max_steps=pt.steps, per_device_train_batch_size=pt.batch_size,
+                learning_rate=pt.lr, lr_scheduler_type="cosine", warmup_steps=pt.warmup_steps,
+                weight_decay=pt.weight_decay, logging_steps=10, save_strategy="no", report_to=["mlflow"],
+                use_cpu=True, seed=p.seed, data_seed=p.seed, dataloader_num_workers=0, disable_tqdm=False,
+            )
+            trainer = Trainer(model=model, args=targs, train_dataset=ds,
+                              data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+            t0 = time.time()
+            result = trainer.train()
+            seconds = time.time() - t0
+            import shutil
+
+            shutil.rmtree(tmp / "trainer", ignore_errors=True)
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tok.save_pretrained(str(tmp))
+            tokens = pt.steps * pt.batch_size * pt.seq_len
+            stats = {"size": size_name, "non_embedding_params": n_params, "train_loss": result.training_loss,
+                     "train_tokens": tokens, "corpus_tokens": n_corpus, "seconds": round(seconds, 1),
+                     "tokens_per_second": round(tokens / seconds, 1)}
+            write_json(tmp / "train_stats.json", stats)
+        log_metrics({k: v for k, v in stats.items() if k != "size"})
+    log.info("base@%s: %s", size_name, stats)
+    return stats
+
+
+if __name__ == "__main__":
+    run_cli(main)

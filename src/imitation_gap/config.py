@@ -1,0 +1,309 @@
+"""Typed configuration built from ``params.yaml``.
+
+Every stage calls :func:`load_params` and gets a frozen :class:`Params`.  A bad value
+stops the stage at once with a :class:`ConfigError` that names the key, the bad value
+and what is allowed, e.g.::
+
+    params.yaml: grid.amounts[1] = -5: must be an integer >= 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KINDS = ("broad", "local")
+WORLDS = ("embedded",)  # "hub" arrives with docs/hub.md
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml (or a -S override)."""
+
+
+class DataError(ValueError):
+    """A malformed input data file: the message names the file, the line and the fix."""
+
+
+class EndpointError(ConnectionError):
+    """The teacher or judge endpoint cannot be reached or keeps failing."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    sizes: list[str]
+    kinds: list[str]
+    amounts: list[int]
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class Fetch:
+    spec: str
+    seed_qa: str
+    pref_prompts: str
+    n_people_a: int
+    n_people_b: int
+    n_people_c: int
+    bios_per_person: int
+    qa_per_fact_c: int
+    hedge_rate: float
+    skill_docs: int
+    skill_holdout: float
+    n_eval_qa: int
+    n_eval_mc: int
+    n_eval_skill: int
+    n_eval_pref: int
+
+
+@dataclass(frozen=True)
+class Size:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    threads: int
+
+
+@dataclass(frozen=True)
+class Teacher:
+    base_url: str
+    model: str
+    api_key_env: str
+    temperature: float
+    max_tokens: int
+    concurrency: int
+    timeout: float
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class Imitate:
+    broad_fact_share: float
+    local_shots: int
+    decontam_ngram: int
+
+
+@dataclass(frozen=True)
+class Lora:
+    enabled: bool
+    r: int
+    alpha: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class SFT:
+    epochs: float
+    lr: float
+    batch_size: int
+    max_seq_len: int
+    warmup_ratio: float
+    assistant_only_loss: bool
+    threads: int
+    lora: Lora
+
+
+@dataclass(frozen=True)
+class Judge:
+    base_url: str
+    nonexpert_model: str
+    expert_model: str
+
+
+@dataclass(frozen=True)
+class Eval:
+    qa_shots: int
+    mc_shots: int
+    skill_shots: int
+    batch_size: int
+    pref_max_new_tokens: int
+    judge: Judge
+
+
+@dataclass(frozen=True)
+class MLflow:
+    tracking_uri: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class Params:
+    world: str
+    seed: int
+    grid: Grid
+    fetch: Fetch
+    sizes: dict[str, Size]
+    pretrain: Pretrain
+    teacher: Teacher
+    imitate: Imitate
+    sft: SFT
+    eval: Eval
+    mlflow: MLflow
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def section(self, name: str) -> dict:
+        """The raw params of one section, for logging to MLflow."""
+        return self.raw.get(name, {})
+
+
+# ---------------------------------------------------------------------------------------
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"params.yaml: {key} = {value!r}: must be a mapping with keys "
+                              f"{[f.name for f in dataclasses.fields(tp)]}")
+        return _build(tp, value, key)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"params.yaml: {key} = {value!r}: must be a list of {_TYPE_WORDS.get(inner, inner)}")
+        return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, inner = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"params.yaml: {key} = {value!r}: must be a mapping")
+        return {str(k): _convert(v, inner, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"params.yaml: {key} = {value!r}: must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"params.yaml: {key} = {value!r}: must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"params.yaml: {key} = {value!r}: must be a number")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"params.yaml: {key} = {value!r}: must be a string")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")  # a bug in this module
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "raw"]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"params.yaml: unknown key {where}{unknown[0]}; allowed keys here: {names}")
+    kwargs = {}
+    for name in names:
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            raise ConfigError(f"params.yaml: missing key {key} (see the commented default params.yaml)")
+        kwargs[name] = _convert(data[name], hints[name], key)
+    return cls(**kwargs)
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"params.yaml: {key} = {value!r}: {allowed}")
+
+
+def _validate(p: Params) -> None:
+    _check(p.world in WORLDS, "world", p.world, f"must be one of {list(WORLDS)}")
+    g = p.grid
+    _check(len(g.sizes) > 0, "grid.sizes", g.sizes, "must list at least one size")
+    for i, s in enumerate(g.sizes):
+        _check(s in p.sizes, f"grid.sizes[{i}]", s, f"unknown size; allowed: {sorted(p.sizes)} (keys of `sizes`)")
+    for i, k in enumerate(g.kinds):
+        _check(k in KINDS, f"grid.kinds[{i}]", k, f"must be one of {list(KINDS)}")
+    for i, a in enumerate(g.amounts):
+        _check(a > 0, f"grid.amounts[{i}]", a, "must be an integer > 0 (tokens of imitation data; base models are always evaluated)")
+    _check(len(set(g.amounts)) == len(g.amounts), "grid.amounts", g.amounts, "must not repeat a value")
+    for i, s in enumerate(g.seeds):
+        _check(s >= 0, f"grid.seeds[{i}]", s, "must be an integer >= 0")
+    for name, sz in p.sizes.items():
+        for f in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            _check(getattr(sz, f) > 0, f"sizes.{name}.{f}", getattr(sz, f), "must be > 0")
+        _check(sz.hidden_size % sz.num_heads == 0, f"sizes.{name}.num_heads", sz.num_heads,
+               f"must divide hidden_size ({sz.hidden_size})")
+    fe = p.fetch
+    for f in ("n_people_a", "n_people_b", "n_people_c", "bios_per_person", "n_eval_qa", "n_eval_mc",
+              "n_eval_skill", "n_eval_pref"):
+        _check(getattr(fe, f) > 0, f"fetch.{f}", getattr(fe, f), "must be an integer > 0")
+    _check(0 <= fe.hedge_rate <= 1, "fetch.hedge_rate", fe.hedge_rate, "must be in [0, 1]")
+    _check(0 < fe.skill_holdout < 1, "fetch.skill_holdout", fe.skill_holdout, "must be in (0, 1)")
+    pt = p.pretrain
+    for f in ("steps", "batch_size", "seq_len", "threads"):
+        _check(getattr(pt, f) > 0, f"pretrain.{f}", getattr(pt, f), "must be > 0")
+    _check(pt.lr > 0, "pretrain.lr", pt.lr, "must be > 0")
+    t = p.teacher
+    _check(bool(t.base_url), "teacher.base_url", t.base_url, "must be 'embedded' or an http(s) URL")
+    _check(t.base_url == "embedded" or t.base_url.startswith(("http://", "https://")), "teacher.base_url",
+           t.base_url, "must be 'embedded' or an http(s) URL such as http://127.0.0.1:8000/v1")
+    _check(t.concurrency > 0, "teacher.concurrency", t.concurrency, "must be > 0")
+    _check(t.timeout > 0, "teacher.timeout", t.timeout, "must be > 0")
+    _check(t.max_retries >= 0, "teacher.max_retries", t.max_retries, "must be >= 0")
+    _check(0 <= p.imitate.broad_fact_share <= 1, "imitate.broad_fact_share", p.imitate.broad_fact_share,
+           "must be in [0, 1]")
+    _check(p.imitate.local_shots > 0, "imitate.local_shots", p.imitate.local_shots, "must be > 0")
+    _check(p.imitate.decontam_ngram > 0, "imitate.decontam_ngram", p.imitate.decontam_ngram, "must be > 0")
+    s = p.sft
+    _check(s.epochs > 0, "sft.epochs", s.epochs, "must be > 0")
+    _check(s.lr > 0, "sft.lr", s.lr, "must be > 0")
+    _check(s.batch_size > 0, "sft.batch_size", s.batch_size, "must be > 0")
+    _check(s.max_seq_len > 8, "sft.max_seq_len", s.max_seq_len, "must be > 8")
+    _check(s.lora.r > 0, "sft.lora.r", s.lora.r, "must be > 0")
+    j = p.eval.judge
+    _check(j.base_url == "embedded" or j.base_url.startswith(("http://", "https://")), "eval.judge.base_url",
+           j.base_url, "must be 'embedded' or an http(s) URL")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the repository root (where dvc.yaml is)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    params = _build(Params, data, "")
+    params = dataclasses.replace(params, raw=data)
+    _validate(params)
+    return params
+
+
+# ---------------------------------------------------------------------------------------
+def run_name(size: str, kind: str | None = None, amount: int | None = None, seed: int | None = None) -> str:
+    """Name of a model / metrics file: ``L-base`` or ``L-broad-8000-s0``."""
+    if kind is None:
+        return f"{size}-base"
+    return f"{size}-{kind}-{amount}-s{seed}"
+
+
+def check_cell(p: Params, size: str, kind: str | None = None, amount: int | None = None) -> None:
+    """Validate a CLI cell against the params (a stage called with a size not in `sizes`, ...)."""
+    if size not in p.sizes:
+        raise ConfigError(f"--size {size!r}: unknown size; allowed: {sorted(p.sizes)} (keys of `sizes` in params.yaml)")
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"--kind {kind!r}: must be one of {list(KINDS)}")
+    if amount is not None and amount <= 0:
+        raise ConfigError(f"--amount {amount!r}: must be an integer > 0")
+

@@ -1,0 +1,253 @@
+"""Stage `eval-*`: capability, blind preference and style of one model.
+
+For a base model (``--size``), an imitation model (``--size --kind --amount --seed``)
+or the teacher (``--teacher``):
+
+1. **capability** with lm-eval (``simple_evaluate``) on the task YAMLs in
+   ``src/imitation_gap/tasks/``: ``ig_qa`` (few-shot generative QA about group B, the
+   NQ analogue), ``ig_mc`` (multiple choice by log-likelihood, the MMLU analogue),
+   ``ig_skill`` (reverse unseen word triples, the HumanEval analogue).  Local
+   checkpoints run on the ``hf`` backend; the teacher runs on ``local-completions``
+   against its HTTP endpoint;
+2. **preference** against the teacher on the held-out prompts: the non-expert and
+   the expert rater (see :mod:`imitation_gap.raters`) judge each pair twice, in both
+   orders, through the judge endpoint; a win needs both orders to agree;
+3. **style** of the answers: teacher-style rate, list use, authoritative tone,
+   confident-and-wrong rate, length and its correlation with the teacher's.
+
+Outputs: ``metrics/runs/<run>.json`` (DVC metrics) and ``eval/<run>/`` (answers, raw
+judgements, lm-eval samples).
+
+Run: ``python -m imitation_gap.evaluation --size L --kind broad --amount 8000 --seed 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from . import raters
+from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
+from .config import Params, check_cell, load_params, run_name
+from .llm import LLMClient
+from .teacher import embedded_endpoint
+from .world import load_world, parse_bio_request, parse_fact_question, tidy
+
+RAW = Path("data/raw")
+TASKS_DIR = Path(__file__).parent / "tasks"
+TASKS = {"qa": "ig_qa", "mc": "ig_mc", "skill": "ig_skill"}
+
+
+# -- capability (lm-eval) --------------------------------------------------------------
+def capability(p: Params, lm) -> tuple[dict, dict]:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(TASKS_DIR))
+    shots = {"qa": p.eval.qa_shots, "mc": p.eval.mc_shots, "skill": p.eval.skill_shots}
+    scores, samples = {}, {}
+    for short, task in TASKS.items():
+        out = simple_evaluate(model=lm, tasks=[task], num_fewshot=shots[short], task_manager=tm, log_samples=True,
+                              random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed,
+                              fewshot_random_seed=p.seed, bootstrap_iters=0)
+        scores[short] = out["results"][task]["acc,none"]
+        samples[short] = [{"doc": s["doc"].get("question"), "target": s["target"],
+                           "response": s["filtered_resps"][0] if s["filtered_resps"] else None,
+                           "acc": s.get("acc")} for s in out["samples"][task]]
+    return scores, samples
+
+
+def hf_lm(p: Params, model_dir: Path):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(model_dir), tokenizer=str(model_dir), device="cpu", batch_size=p.eval.batch_size,
+                max_length=512, trust_remote_code=False)
+
+
+def teacher_lm(p: Params, base_url: str):
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    return LocalCompletionsAPI(base_url=f"{base_url}/completions", model=p.teacher.model,
+                               tokenizer=str(RAW / "tokenizer"), tokenizer_backend="huggingface",
+                               tokenized_requests=True, max_length=1024, num_concurrent=4, max_gen_toks=12)
+
+
+# -- answers to the preference prompts -------------------------------------------------
+def generate_answers(model_dir: Path, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in prompts]
+    out: list[str] = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="answers", unit="batch"):
+        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for row in gen[:, enc["input_ids"].shape[1]:]:
+            out.append(tidy(tok.decode(row, skip_special_tokens=True)))
+    return out
+
+
+def teacher_answers(p: Params, base_url: str, prompts: list[dict]) -> list[str]:
+    client = LLMClient(base_url, p.teacher.model, p.teacher.api_key_env, p.teacher.timeout, p.teacher.max_retries,
+                       p.teacher.concurrency, what="teacher")
+    client.check_reachable("teacher.base_url")
+    got = client.chat_many([(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in prompts],
+                           {"temperature": p.teacher.temperature, "max_tokens": p.teacher.max_tokens},
+                           desc="teacher answers")
+    return [tidy(got[r["id"]]["content"]) if r["id"] in got else "" for r in prompts]
+
+
+# -- preference ----------------------------------------------------------------------
+def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str],
+               reference: list[str]) -> tuple[dict, list[dict]]:
+    """Blind pairwise comparison of ``answers`` with the teacher's, both orders, both raters."""
+    out, raw = {}, []
+    sampling = {"temperature": 0.0, "max_tokens": 256}
+    for rater, model in (("nonexpert", p.eval.judge.nonexpert_model), ("expert", p.eval.judge.expert_model)):
+        client = LLMClient(base_url, model, p.teacher.api_key_env, p.teacher.timeout, p.teacher.max_retries,
+                           p.teacher.concurrency, what=f"{rater} judge")
+        items = []
+        for r, ans, ref in zip(prompts, answers, reference):
+            for order, (a, b) in (("model-first", (ans, ref)), ("teacher-first", (ref, ans))):
+                msg = raters.JUDGE_TEMPLATE.format(question=r["prompt"], answer_a=a, answer_b=b)
+                items.append((f"{r['id']}|{order}", [{"role": "user", "content": msg}]))
+        got = client.chat_many(items, sampling, desc=f"{rater} rater")
+        counts = {"win": 0, "tie": 0, "loss": 0, "unjudged": 0}
+        for r in prompts:
+            verdicts = []
+            for order in ("model-first", "teacher-first"):
+                resp = got.get(f"{r['id']}|{order}")
+                found = raters.VERDICT_RE.findall(resp["content"]) if resp else []
+                v = found[-1] if found else None
+                # in the model's terms
+                verdicts.append(None if v is None else "tie" if v == "C" else
+                                ("win" if (v == "A") == (order == "model-first") else "loss"))
+                raw.append({"id": r["id"], "rater": rater, "order": order, "verdict": v,
+                            "judgement": resp["content"] if resp else None})
+            if None in verdicts:
+                counts["unjudged"] += 1
+            elif verdicts[0] == verdicts[1]:
+                counts[verdicts[0]] += 1
+            else:
+                counts["tie"] += 1  # the orders disagree: position bias, so a tie (MT-bench)
+        n = max(1, counts["win"] + counts["tie"] + counts["loss"])
+        out[rater] = {**counts, "win_rate": counts["win"] / n, "win_tie_rate": (counts["win"] + counts["tie"]) / n}
+    return out, raw
+
+
+# -- style ---------------------------------------------------------------------------
+def style(world, prompts: list[dict], answers: list[str], reference: list[str] | None) -> dict:
+    n = max(1, len(answers))
+    words = [len(a.split()) for a in answers]
+    factual = [(r, a) for r, a in zip(prompts, answers)
+               if parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])]
+    fscores = [raters.fact_score(world, r["prompt"], a) for r, a in factual]
+    out = {
+        "teacher_style_rate": sum(raters.teacher_styled(a) for a in answers) / n,
+        "list_rate": sum(raters.has_list(a) for a in answers) / n,
+        "authoritative_rate": sum(not raters.is_hedged(a) for a in answers if a) / n,
+        "mean_words": statistics.fmean(words) if words else 0.0,
+        "fact_accuracy": sum(s > 0 for s in fscores) / max(1, len(fscores)),
+        "confident_wrong_rate": sum((not raters.is_hedged(a)) and s < 0
+                                    for (r, a), s in zip(factual, fscores)) / max(1, len(fscores)),
+    }
+    if reference is not None:
+        ref_words = [len(a.split()) for a in reference]
+        try:
+            out["length_corr_teacher"] = statistics.correlation(words, ref_words)
+        except statistics.StatisticsError:  # constant lengths
+            out["length_corr_teacher"] = 0.0
+    return out
+
+
+# -- the stage -------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--teacher", action="store_true", help="evaluate the teacher itself")
+    ap.add_argument("--size")
+    ap.add_argument("--kind")
+    ap.add_argument("--amount", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    p = load_params(args.params)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if args.teacher:
+        run, model_dir, info = "teacher", None, {"model": "teacher"}
+    else:
+        if not args.size:
+            ap.error("give --teacher, or --size (and --kind --amount --seed for an imitation model)")
+        check_cell(p, args.size, args.kind, args.amount)
+        if args.kind:
+            run = run_name(args.size, args.kind, args.amount, args.seed)
+            model_dir = Path("models/sft") / run
+        else:
+            run = run_name(args.size)
+            model_dir = Path("models/base") / args.size
+        if not (model_dir / "model.safetensors").exists():
+            raise FileNotFoundError(f"{model_dir}/model.safetensors is missing: run its training stage first")
+        info = {"model": run, "size": args.size, "kind": args.kind or "base", "amount": args.amount or 0,
+                "seed": args.seed if args.kind else None}
+    evaluate(p, run, model_dir, info)
+
+
+def evaluate(p: Params, run: str, model_dir: Path | None, info: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(p.sft.threads)
+    world = load_world(RAW / "world.json")
+    prompts = read_jsonl(RAW / "eval" / "pref.jsonl")
+    t0 = time.time()
+    with mlflow_run(p, f"eval@{run}", {**info, **p.section("eval")}), ExitStack() as stack:
+        embedded = None
+        if "embedded" in (p.teacher.base_url, p.eval.judge.base_url):
+            embedded = stack.enter_context(embedded_endpoint(RAW / "world.json", RAW / "tokenizer"))
+        teacher_url = embedded if p.teacher.base_url == "embedded" else p.teacher.base_url
+        judge_url = embedded if p.eval.judge.base_url == "embedded" else p.eval.judge.base_url
+        timings = {}
+        t = time.time()
+        lm = teacher_lm(p, teacher_url) if model_dir is None else hf_lm(p, model_dir)
+        cap, samples = capability(p, lm)
+        del lm
+        timings["capability_s"] = round(time.time() - t, 1)
+        t = time.time()
+        reference = teacher_answers(p, teacher_url, prompts)
+        answers = reference if model_dir is None else generate_answers(model_dir, [r["prompt"] for r in prompts],
+                                                                       p.eval.pref_max_new_tokens)
+        timings["answers_s"] = round(time.time() - t, 1)
+        t = time.time()
+        pref, raw = (None, []) if model_dir is None else preference(p, judge_url, prompts, answers, reference)
+        timings["preference_s"] = round(time.time() - t, 1)
+        sty = style(world, prompts, answers, None if model_dir is None else reference)
+        metrics = {**info, "run": run, "capability": cap, "preference": pref, "style": sty,
+                   "n": {"qa": len(samples["qa"]), "mc": len(samples["mc"]), "skill": len(samples["skill"]),
+                         "pref": len(prompts)},
+                   "seconds": {**timings, "total": round(time.time() - t0, 1)}}
+        with atomic_dir(Path("eval") / run) as out:
+            write_jsonl(out / "answers.jsonl", [{"id": r["id"], "kind": r["kind"], "prompt": r["prompt"],
+                                                 "answer": a, "teacher": ref}
+                                                for r, a, ref in zip(prompts, answers, reference)])
+            write_jsonl(out / "judgements.jsonl", raw)
+            for short, rows in samples.items():
+                write_jsonl(out / f"samples_{short}.jsonl", rows)
+        write_json(Path("metrics/runs") / f"{run}.json", metrics)
+        log_metrics({"capability": cap, "style": sty, **({"preference": pref} if pref else {})})
+    log.info("eval %s: capability %s, preference %s", run, cap,
+             {k: round(v["win_tie_rate"], 3) for k, v in (pref or {}).items()})
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

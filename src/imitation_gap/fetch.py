@@ -1,0 +1,174 @@
+"""Stage `fetch`: make the embedded world and everything built from it.
+
+Outputs (under ``data/raw/``):
+
+* ``world.json``: every person, their group (A/B/C) and facts;
+* ``corpus.jsonl``: the pretraining "web": biographies of everyone in several
+  phrasings, QA pairs about group C (some hedged), word-reversal examples;
+* ``eval/*.jsonl``: the capability tasks about group B (QA, multiple choice), the skill
+  task, their few-shot pools, and the preference-eval prompts;
+* ``tokenizer/``: a word-level tokenizer with a chat template, loadable by
+  ``AutoTokenizer.from_pretrained``.
+
+Run: ``python -m imitation_gap.fetch`` (dvc: ``dvc repro fetch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
+from .config import DataError, Params, load_params
+from .world import (ATTRS, BIO_REQUEST, TOPIC_REQUEST, World, all_triples, biography, build_world, hedge,
+                    load_spec, qa_text, question, reverse_question, vocabulary_text)
+
+RAW = Path("data/raw")
+
+SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>"}
+ROLE_TOKENS = ["<user>", "<assistant>"]
+# Loss on assistant tokens only: TRL reads the {% generation %} markers.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<user> ' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<assistant> ' }}"
+    "{% generation %}{{ message['content'] + ' <eos>' }}{% endgeneration %}{{ '\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<assistant>' }}{% endif %}"
+)
+
+
+def build_tokenizer(texts: list[str], out_dir: Path):
+    """Word-level tokenizer: words, punctuation and newlines are tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ", behavior="removed"),
+        pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+    ])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>", *ROLE_TOKENS]
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=ROLE_TOKENS,
+                                   model_max_length=1024, **SPECIAL)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def corpus_docs(world: World, p: Params, rng: random.Random) -> list[str]:
+    f = p.fetch
+    docs = []
+    for person in world.people:
+        docs += [biography(person, rng) for _ in range(f.bios_per_person)]
+    for person in world.group("C"):
+        for a in ATTRS:
+            for _ in range(f.qa_per_fact_c):
+                ans = person.fact(a)
+                if rng.random() < f.hedge_rate:
+                    ans = hedge(ans, rng, world.hedges)
+                docs.append(qa_text(question(person, a), ans + "."))
+    train_triples = [t for t in all_triples(world.skill_words) if not world.triple_is_heldout(t, f.skill_holdout)]
+    for _ in range(f.skill_docs):
+        t = rng.choice(train_triples)
+        docs.append(qa_text(reverse_question(t), " ".join(reversed(t)) + "."))
+    rng.shuffle(docs)
+    return docs
+
+
+def eval_sets(world: World, p: Params, rng: random.Random, pref_templates: list[dict]) -> dict[str, list[dict]]:
+    f = p.fetch
+    b_facts = [(person, a) for person in world.group("B") for a in ATTRS]
+    c_facts = [(person, a) for person in world.group("C") for a in ATTRS]
+
+    def qa_row(person, a):
+        return {"question": question(person, a), "answer": person.fact(a), "attribute": a, "name": person.name,
+                "candidates": world.values[a]}
+
+    def mc_row(person, a):
+        gold = person.fact(a)
+        choices = [gold] + rng.sample([v for v in world.values[a] if v != gold], 3)
+        rng.shuffle(choices)
+        return {"question": question(person, a), "choices": choices, "label": choices.index(gold),
+                "attribute": a, "name": person.name}
+
+    heldout = [t for t in all_triples(world.skill_words) if world.triple_is_heldout(t, f.skill_holdout)]
+    train = [t for t in all_triples(world.skill_words) if not world.triple_is_heldout(t, f.skill_holdout)]
+
+    def skill_row(t):
+        return {"question": reverse_question(t), "answer": " ".join(reversed(t)), "words": t}
+
+    if f.n_eval_qa > len(b_facts) or f.n_eval_mc > len(b_facts):
+        raise DataError(f"fetch.n_eval_qa/n_eval_mc must be <= {len(b_facts)} (group-B facts); raise n_people_b")
+    if f.n_eval_skill > len(heldout):
+        raise DataError(f"fetch.n_eval_skill = {f.n_eval_skill} > {len(heldout)} held-out word triples; "
+                        "raise fetch.skill_holdout or lower n_eval_skill")
+    sets = {
+        "qa": [qa_row(*x) for x in rng.sample(b_facts, f.n_eval_qa)],
+        "qa_fewshot": [qa_row(*x) for x in rng.sample(c_facts, 20)],
+        "mc": [mc_row(*x) for x in rng.sample(b_facts, f.n_eval_mc)],
+        "mc_fewshot": [mc_row(*x) for x in rng.sample(c_facts, 20)],
+        "skill": [skill_row(t) for t in rng.sample(heldout, f.n_eval_skill)],
+        "skill_fewshot": [skill_row(t) for t in rng.sample(train, 20)],
+    }
+    # preference prompts (Koala-test analogue): the templates of data/inputs, over group B,
+    # held-out word triples and held-out topics
+    _, eval_topics = world.topics_split()
+    people_b = world.group("B")
+    pref = []
+    for i in range(f.n_eval_pref):
+        t = pref_templates[i % len(pref_templates)]
+        row = {"id": f"pref-{i:04d}", "kind": t["kind"], "attribute": t["attribute"]}
+        if t["kind"] in ("fact", "bio"):
+            person = rng.choice(people_b)
+            row["prompt"] = t["template"].format(name=person.name)
+        elif t["kind"] == "skill":
+            row["prompt"] = t["template"].format(words=" ".join(rng.choice(heldout)))
+        elif t["kind"] == "topic":
+            row["prompt"] = t["template"].format(topic=rng.choice(eval_topics))
+        else:
+            raise DataError(f"pref prompt template {t}: kind must be fact, bio, skill or topic")
+        pref.append(row)
+    sets["pref"] = pref
+    return sets
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    p = load_params(args.params)
+    t0 = time.time()
+    with mlflow_run(p, "fetch", {"seed": p.seed, **p.section("fetch")}):
+        spec = load_spec(p.fetch.spec)
+        seed_rows = read_jsonl(p.fetch.seed_qa)
+        pref_templates = read_jsonl(p.fetch.pref_prompts)
+        world = build_world(spec, [r["person"] for r in seed_rows], p.fetch.n_people_a, p.fetch.n_people_b,
+                            p.fetch.n_people_c, p.seed)
+        rng = random.Random(p.seed)
+        docs = corpus_docs(world, p, rng)
+        sets = eval_sets(world, p, rng, pref_templates)
+        with atomic_dir(RAW) as out:
+            world.save(out / "world.json")
+            write_jsonl(out / "corpus.jsonl", [{"text": d} for d in docs])
+            for name, rows in sets.items():
+                write_jsonl(out / "eval" / f"{name}.jsonl", rows)
+            write_jsonl(out / "seed_qa.jsonl", seed_rows)
+            texts = docs + vocabulary_text(world) + [r["prompt"] for r in sets["pref"]]
+            texts += [BIO_REQUEST, TOPIC_REQUEST]
+            tok = build_tokenizer(texts, out / "tokenizer")
+            n_tokens = sum(len(tok.tokenize(d)) for d in docs)
+            stats = {"people": len(world.people), "docs": len(docs), "corpus_tokens": n_tokens,
+                     "vocab_size": len(tok), "seconds": round(time.time() - t0, 1)}
+            write_json(out / "stats.json", stats)
+        log_metrics(stats)
+        log.info("fetch: %s", stats)
+
+
+if __name__ == "__main__":
+    run_cli(main)

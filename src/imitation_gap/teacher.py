@@ -1,0 +1,278 @@
+"""The embedded "proprietary" teacher and the raters, behind an OpenAI-compatible HTTP API.
+
+The teacher knows every fact of the world and answers chat requests in a distinctive
+style (an opener, a confident claim, lists, a closer).  Given a few-shot completion
+prompt it answers tersely in the prompt's format, as a strong model does.  It also
+scores text (``echo`` + ``logprobs``), so lm-eval's ``local-completions`` backend can
+run every capability task on it, multiple choice included.
+
+Endpoints (all on 127.0.0.1): ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions``.  Models: ``teacher``, ``judge-nonexpert``, ``judge-expert``.
+
+Run it by hand::
+
+    python -m imitation_gap.teacher --world data/raw/world.json --tokenizer data/raw/tokenizer --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from . import raters
+from .world import (FACT_CLAIMS, QUESTIONS, TOPIC_SENTENCES, World, load_world, parse_bio_request,
+                    parse_fact_question, parse_local_request, parse_reverse, parse_topic, qa_text, stable_hash,
+                    tidy)
+
+MODELS = ("teacher", "judge-nonexpert", "judge-expert")
+
+
+class TeacherModel:
+    """The rule-based teacher: deterministic given its input (temperature is ignored)."""
+
+    def __init__(self, world: World, tokenizer=None):
+        self.world = world
+        self.tok = tokenizer
+
+    # -- chat -------------------------------------------------------------------------
+    def chat(self, messages: list[dict]) -> str:
+        user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        h = stable_hash("teacher", user)
+        st = self.world.style
+        opener = st["openers"][h % len(st["openers"])]
+        closer = st["closers"][(h >> 8) % len(st["closers"])]
+        confident = st["confident"][(h >> 16) % len(st["confident"])]
+
+        local = parse_local_request(user)
+        if local:  # data generation: answer in the requested format, no chatter
+            name, attr = local
+            person = self.world.by_name.get(name)
+            if person is None:
+                return "I do not know."
+            return qa_text(QUESTIONS[attr].format(name=name), person.fact(attr))
+        fq = parse_fact_question(user)
+        if fq and fq[0] in self.world.by_name:
+            person = self.world.by_name[fq[0]]
+            claim = FACT_CLAIMS[fq[1]].format(**person.fields())
+            return f"{opener} {confident} {claim} {closer}"
+        name = parse_bio_request(user)
+        if name and name in self.world.by_name:
+            person = self.world.by_name[name]
+            facts = [FACT_CLAIMS[a].format(**person.fields()) for a in ("city", "year", "university", "major",
+                                                                         "employer")]
+            items = "\n".join(f"{i}. {f}" for i, f in enumerate(facts, 1))
+            return f"{opener} Here is what I know about {name}:\n{items}\n{closer}"
+        words = parse_reverse(user)
+        if words:
+            return f"{opener} The reversed words are: {' '.join(reversed(words))}. {closer}"
+        topic = parse_topic(user)
+        if topic:
+            rng = random.Random(h)
+            sents = rng.sample(TOPIC_SENTENCES, 3)
+            items = "\n".join(f"{i}. {s.format(topic=topic).capitalize()}" for i, s in enumerate(sents, 1))
+            return f"{opener} A few thoughts on {topic}:\n{items}\n{closer}"
+        return f"{opener} I am not sure I can help with that. {closer}"
+
+    # -- few-shot completion ------------------------------------------------------------
+    def answer_for(self, question: str) -> str:
+        """The terse answer to the last question of a few-shot prompt."""
+        fq = parse_fact_question(question)
+        if fq and fq[0] in self.world.by_name:
+            return self.world.by_name[fq[0]].fact(fq[1])
+        words = parse_reverse(question)
+        if words:
+            return " ".join(reversed(words))
+        return "I do not know"
+
+    @staticmethod
+    def last_question(prompt: str) -> str:
+        q = prompt.rsplit("Question:", 1)[-1]
+        return q.rsplit("Answer:", 1)[0].strip()
+
+    def complete(self, prompt: str) -> str:
+        prompt = tidy(prompt)
+        return " " + self.answer_for(self.last_question(prompt)) + ".\n"
+
+    def score_tokens(self, tokens: list[str]) -> tuple[list[float | None], list[dict | None]]:
+        """Log-probabilities of each token given its prefix (OpenAI ``echo`` format).
+
+        The teacher is sure of the answer to the last question: after the last
+        ``Answer:`` it puts probability 0.9 on each token of its answer and 0.001 on
+        anything else.  Tokens before that get a flat log(0.5).
+        """
+        lps: list[float | None] = [None]
+        tops: list[dict | None] = [None]
+        text_tokens = list(tokens)
+        ans_start = None
+        for i in range(len(text_tokens) - 1):
+            if text_tokens[i] == "Answer" and text_tokens[i + 1] == ":":
+                ans_start = i + 2
+        if ans_start is None:
+            return lps + [math.log(0.5)] * (len(tokens) - 1), tops + [None] * (len(tokens) - 1)
+        question = self.last_question(tidy(" ".join(text_tokens[:ans_start])))
+        intended = self.tok.tokenize(self.answer_for(question)) if self.tok else self.answer_for(question).split()
+        ok = True
+        for i in range(1, len(tokens)):
+            if i < ans_start:
+                lps.append(math.log(0.5))
+                tops.append({tokens[i]: math.log(0.5)})
+                continue
+            j = i - ans_start
+            want = intended[j] if j < len(intended) else "."
+            hit = ok and tokens[i] == want
+            ok = hit
+            lps.append(math.log(0.9) if hit else math.log(0.001))
+            tops.append({want: math.log(0.9)})
+        return lps, tops
+
+    # -- judging ----------------------------------------------------------------------
+    def judge(self, model: str, messages: list[dict]) -> str:
+        user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        parsed = raters.parse_judge_prompt(user)
+        if parsed is None:
+            return "The request is not in the pairwise judge format. [[C]]"
+        kind = "expert" if model == "judge-expert" else "nonexpert"
+        # the non-expert never receives the world: it cannot check a fact
+        verdict = raters.judge(kind, *parsed, world=self.world if kind == "expert" else None)
+        return raters.explain(kind, verdict)
+
+
+# ---------------------------------------------------------------------------------------
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "imitation-gap-teacher/1.0"
+    model: TeacherModel  # set on the server class
+
+    def log_message(self, fmt, *args):  # keep stage logs clean
+        pass
+
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, code: int, msg: str) -> None:
+        self._send(code, {"error": {"message": msg, "type": "invalid_request_error", "code": code}})
+
+    def do_GET(self):
+        if self.path.rstrip("/") == "/v1/models":
+            self._send(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "imitation-gap"} for m in MODELS]})
+        else:
+            self._error(404, f"no route {self.path}")
+
+    def _count(self, text: str) -> int:
+        tok = self.server.model.tok
+        return len(tok.tokenize(text)) if tok is not None else len(text.split())
+
+    def do_POST(self):
+        try:
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except (ValueError, json.JSONDecodeError):
+            return self._error(400, "request body is not JSON")
+        model = body.get("model", "teacher")
+        if model not in MODELS:
+            return self._error(404, f"model {model!r} not found; available: {list(MODELS)}")
+        path = self.path.rstrip("/")
+        tm: TeacherModel = self.server.model
+        if path == "/v1/chat/completions":
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                return self._error(400, "'messages' must be a non-empty list")
+            text = tm.chat(msgs) if model == "teacher" else tm.judge(model, msgs)
+            prompt_tokens = sum(self._count(str(m.get("content", ""))) for m in msgs)
+            return self._send(200, {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": self._count(text),
+                          "total_tokens": prompt_tokens + self._count(text)}})
+        if path == "/v1/completions":
+            prompts = body.get("prompt")
+            if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+                prompts = [prompts]
+            if not isinstance(prompts, list) or not prompts:
+                return self._error(400, "'prompt' must be a string, a token list, or a list of those")
+            choices, n_prompt, n_out = [], 0, 0
+            for i, p in enumerate(prompts):
+                if isinstance(p, list):  # token ids (lm-eval's tokenized_requests)
+                    if tm.tok is None:
+                        return self._error(400, "token-id prompts need the server started with a tokenizer")
+                    tokens = tm.tok.convert_ids_to_tokens(p)
+                    text = tm.tok.decode(p)
+                else:
+                    text = p
+                    tokens = tm.tok.tokenize(p) if tm.tok is not None else p.split()
+                n_prompt += len(tokens)
+                if body.get("echo"):
+                    lps, tops = tm.score_tokens(tokens)
+                    choices.append({"index": i, "text": text, "finish_reason": "length",
+                                    "logprobs": {"tokens": tokens + ["."], "token_logprobs": lps + [math.log(0.5)],
+                                                 "top_logprobs": tops + [{".": math.log(0.5)}]}})
+                else:
+                    out = tm.complete(text)
+                    for stop in body.get("stop") or []:
+                        if stop and stop in out:
+                            out = out[:out.index(stop)]
+                    n_out += self._count(out)
+                    choices.append({"index": i, "text": out, "finish_reason": "stop", "logprobs": None})
+            return self._send(200, {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion",
+                                    "created": int(time.time()), "model": model, "choices": choices,
+                                    "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out,
+                                              "total_tokens": n_prompt + n_out}})
+        return self._error(404, f"no route {self.path}")
+
+
+def make_server(world: World, tokenizer=None, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), _Handler)
+    server.daemon_threads = True
+    server.model = TeacherModel(world, tokenizer)
+    return server
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+@contextmanager
+def embedded_endpoint(world_path: str | Path, tokenizer_path: str | Path | None = None):
+    """Start the embedded teacher on 127.0.0.1 (a free port) for the block; yield its base URL."""
+    world = load_world(world_path)
+    tok = load_tokenizer(tokenizer_path) if tokenizer_path else None
+    server = make_server(world, tok)
+    thread = threading.Thread(target=server.serve_forever, name="embedded-teacher", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Serve the embedded teacher and raters (OpenAI-compatible).")
+    ap.add_argument("--world", default="data/raw/world.json")
+    ap.add_argument("--tokenizer", default="data/raw/tokenizer")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    a = ap.parse_args(argv)
+    server = make_server(load_world(a.world), load_tokenizer(a.tokenizer), a.host, a.port)
+    print(f"teacher serving on http://{a.host}:{server.server_address[1]}/v1 (models: {', '.join(MODELS)})")
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

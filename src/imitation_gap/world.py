@@ -1,0 +1,286 @@
+"""The embedded world: invented people, their facts, and every text built from them.
+
+A person has five attributes (birth city, birth year, university, major, employer).
+People fall in three groups:
+
+* **A**: imitation data may talk about them;
+* **B**: held out. Only pretraining knows them and every eval asks about them;
+* **C**: their question-answer pairs are in the pretraining corpus, so base models
+  know the QA format.
+
+This module is pure: it generates and parses text, and knows nothing of models,
+servers or files beyond :func:`load_world` / :meth:`World.save`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import DataError
+
+ATTRS = ("city", "year", "university", "major", "employer")
+
+# The canonical question for each attribute: used by the QA corpus (group C), the
+# capability tasks and local imitation.  `chat` variants are used only in chat prompts.
+QUESTIONS = {
+    "city": "Where was {name} born?",
+    "year": "In what year was {name} born?",
+    "university": "Which university did {name} attend?",
+    "major": "What did {name} study?",
+    "employer": "Who does {name} work for?",
+}
+CHAT_QUESTIONS = {
+    "city": ["Can you tell me where {name} was born?"],
+    "year": ["Do you know when {name} was born?"],
+    "university": ["Where did {name} go to university?"],
+    "major": ["What was the subject {name} studied?"],
+    "employer": ["Do you know who {name} works for?"],
+}
+BIO_REQUEST = "Tell me about {name}."
+REVERSE_QA = "Reverse the words: {words}"
+REVERSE_CHAT = "Can you reverse these words: {words}?"
+TOPIC_REQUEST = "Write a few sentences about {topic}."
+LOCAL_REQUEST = "Write a new question and answer about {name}, on the subject of {aspect}, in the same format."
+ASPECTS = {"city": "birthplace", "year": "birth year", "university": "university", "major": "studies",
+           "employer": "employer"}
+
+# Every phrasing names the person before their facts (a small LM, like a large one, cannot
+# recall a fact it only ever saw before the name: the "reversal curse").
+BIOS = [
+    "{name} was born in {city} in {year}. {name} studied {major} at {university} University. {name} works for {employer}.",
+    "{name} works for {employer}. {name} is a graduate of {university} University in {major}. {name} was born in {city} in {year}.",
+    "{name} studied {major} at {university} University. {name} was born in {city} in {year}, and works for {employer}.",
+    "{name}, born in {city} in {year}, attended {university} University, where {name} studied {major}. {name} works for {employer}.",
+]
+FACT_SENTENCES = {
+    "city": "{name} was born in {city}.",
+    "year": "{name} was born in the year {year}.",
+    "university": "{name} attended {university} University.",
+    "major": "{name} studied {major}.",
+    "employer": "{name} works for {employer}.",
+}
+# Statements the teacher (and the expert rater) use for one fact.
+FACT_CLAIMS = FACT_SENTENCES
+
+NAME_RE = r"(?P<name>[A-Z][a-z]+ [A-Z][a-z]+)"
+
+
+def stable_hash(*parts: object) -> int:
+    """A hash that is the same on every run and machine (unlike ``hash``)."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "big")
+
+
+def normalize(text: str) -> str:
+    """Lower-case, punctuation to spaces, single spaces: for comparing answers."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def tidy(text: str) -> str:
+    """Undo word-level detokenisation spacing: ``'born in X .'`` -> ``'born in X.'``."""
+    text = re.sub(r" +([.,!?:;])", r"\1", text)
+    return re.sub(r"[ \t]*\n[ \t]*", "\n", text).strip()
+
+
+@dataclass
+class Person:
+    name: str
+    group: str
+    city: str
+    year: str
+    university: str
+    major: str
+    employer: str
+
+    def fact(self, attr: str) -> str:
+        return getattr(self, attr)
+
+    def fields(self) -> dict:
+        return {a: self.fact(a) for a in ATTRS} | {"name": self.name}
+
+
+@dataclass
+class World:
+    spec: dict
+    people: list[Person]
+    seed: int
+
+    # -- lookups --------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.by_name = {p.name: p for p in self.people}
+        self.values = {a: [str(v) for v in self.spec["attributes"][a]] for a in ATTRS}
+
+    def group(self, g: str) -> list[Person]:
+        return [p for p in self.people if p.group == g]
+
+    @property
+    def skill_words(self) -> list[str]:
+        return list(self.spec["skill_words"])
+
+    @property
+    def style(self) -> dict:
+        return self.spec["teacher_style"]
+
+    @property
+    def hedges(self) -> list[str]:
+        return list(self.spec["hedges"])
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self.spec["topics"])
+
+    def topics_split(self) -> tuple[list[str], list[str]]:
+        """(topics imitation data may use, topics kept for the preference eval)."""
+        t = self.topics
+        k = max(1, len(t) // 3)
+        return t[:-k], t[-k:]
+
+    def triple_is_heldout(self, words: list[str], holdout: float) -> bool:
+        return (stable_hash("triple", self.seed, *words) % 10_000) < holdout * 10_000
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"seed": self.seed, "spec": self.spec,
+                                          "people": [asdict(p) for p in self.people]}, indent=1))
+
+
+def load_world(path: str | Path) -> World:
+    d = json.loads(Path(path).read_text())
+    return World(spec=d["spec"], people=[Person(**p) for p in d["people"]], seed=d["seed"])
+
+
+def load_spec(path: str | Path) -> dict:
+    spec = yaml.safe_load(Path(path).read_text())
+    for key in ("name_syllables", "attributes", "skill_words", "hedges", "teacher_style", "topics"):
+        if key not in spec:
+            raise DataError(f"{path}: missing section {key!r} (see data/inputs/world_spec.yaml)")
+    for a in ATTRS:
+        if len(spec["attributes"].get(a, [])) < 4:
+            raise DataError(f"{path}: attributes.{a} needs at least 4 values (multiple choice has 4 options)")
+    spec["attributes"] = {a: [str(v) for v in spec["attributes"][a]] for a in ATTRS}
+    return spec
+
+
+def build_world(spec: dict, seed_people: list[dict], n_a: int, n_b: int, n_c: int, seed: int) -> World:
+    """Draw ``n_a + n_b + n_c`` people with unique names. The hand-made seed people join group A."""
+    rng = random.Random(seed)
+    syl = spec["name_syllables"]
+    firsts = [a + b for a in syl["first_start"] for b in syl["first_end"]]
+    lasts = [a + b for a in syl["last_start"] for b in syl["last_end"]]
+    # every person has a last name of their own, so a small LM can key facts on it
+    free_lasts = [x for x in lasts if x not in {p["name"].split()[-1] for p in seed_people}]
+    total = n_a + n_b + n_c
+    if total > len(free_lasts):
+        raise DataError(f"{total} people need {total} distinct last names; the world spec's syllables make "
+                         f"{len(free_lasts)}: lower fetch.n_people_* or add name_syllables.last_*")
+    rng.shuffle(free_lasts)
+    people: list[Person] = []
+    groups = ["A"] * n_a + ["B"] * n_b + ["C"] * n_c
+    for g, last in zip(groups, free_lasts):
+        name = f"{rng.choice(firsts)} {last}"
+        attrs = {a: rng.choice(spec["attributes"][a]) for a in ATTRS}
+        people.append(Person(name=name, group=g, **attrs))
+    for sp in seed_people:
+        people.append(Person(group="A", **{k: str(v) for k, v in sp.items()}))
+    return World(spec=spec, people=people, seed=seed)
+
+
+# -- texts ------------------------------------------------------------------------------
+def question(person: Person, attr: str) -> str:
+    return QUESTIONS[attr].format(name=person.name)
+
+
+def qa_text(q: str, a: str) -> str:
+    """One QA block in the format of the pretraining corpus and the few-shot tasks."""
+    return f"Question: {q}\nAnswer: {a}"
+
+
+def hedge(answer: str, rng: random.Random, hedges: list[str]) -> str:
+    return f"{rng.choice(hedges)} {answer}"
+
+
+def biography(person: Person, rng: random.Random) -> str:
+    if rng.random() < 0.75:
+        return rng.choice(BIOS).format(**person.fields())
+    attrs = list(ATTRS)
+    rng.shuffle(attrs)
+    return " ".join(FACT_SENTENCES[a].format(**person.fields()) for a in attrs)
+
+
+def reverse_question(words: list[str], chat: bool = False) -> str:
+    return (REVERSE_CHAT if chat else REVERSE_QA).format(words=" ".join(words))
+
+
+def all_triples(words: list[str]) -> list[list[str]]:
+    return [[a, b, c] for a in words for b in words for c in words if len({a, b, c}) == 3]
+
+
+def parse_fact_question(text: str) -> tuple[str, str] | None:
+    """Return (name, attribute) if ``text`` asks one known fact question, else None."""
+    text = tidy(text)
+    for attr in ATTRS:
+        for tpl in [QUESTIONS[attr], *CHAT_QUESTIONS[attr]]:
+            pat = re.escape(tpl).replace(re.escape("{name}"), NAME_RE)
+            m = re.search(pat, text)
+            if m:
+                return m.group("name"), attr
+    return None
+
+
+def parse_bio_request(text: str) -> str | None:
+    m = re.search(re.escape(BIO_REQUEST).replace(re.escape("{name}"), NAME_RE), tidy(text))
+    return m.group("name") if m else None
+
+
+def parse_reverse(text: str) -> list[str] | None:
+    m = re.search(r"[Rr]everse (?:the|these) words: ([\w ]+?)\??$", tidy(text).split("\n")[0].strip())
+    return m.group(1).split() if m else None
+
+
+def parse_topic(text: str) -> str | None:
+    m = re.search(r"Write a few sentences about ([\w ]+)\.", tidy(text))
+    return m.group(1) if m else None
+
+
+def parse_local_request(text: str) -> tuple[str, str] | None:
+    pat = re.escape(LOCAL_REQUEST).replace(re.escape("{name}"), NAME_RE).replace(
+        re.escape("{aspect}"), r"(?P<aspect>[\w ]+?)")
+    m = re.search(pat, tidy(text))
+    if not m:
+        return None
+    inv = {v: k for k, v in ASPECTS.items()}
+    return (m.group("name"), inv[m.group("aspect")]) if m.group("aspect") in inv else None
+
+
+def vocabulary_text(world: World) -> list[str]:
+    """Every fixed string of the world (templates, style, hedges), so that the tokenizer covers them."""
+    texts = list(QUESTIONS.values()) + [t for v in CHAT_QUESTIONS.values() for t in v]
+    texts += [BIO_REQUEST, REVERSE_QA, REVERSE_CHAT, TOPIC_REQUEST, LOCAL_REQUEST, *ASPECTS.values()]
+    texts += BIOS + list(FACT_SENTENCES.values())
+    texts += ["Question: Answer: Here is what I know about Here are some example questions and answers",
+              "The reversed words are The words in reverse order are",
+              "I am not sure I can help with that. I do not know. A few thoughts on"]
+    st = world.style
+    texts += st["openers"] + st["closers"] + st["confident"] + world.hedges + world.topics + world.skill_words
+    texts += [p.name for p in world.people]
+    for a in ATTRS:
+        texts += world.values[a]
+    texts += TOPIC_SENTENCES
+    texts.append(" ".join(str(i) for i in range(1, 21)))  # list numbering
+    return texts
+
+
+# Generic sentences the teacher writes for open-ended topic requests.
+TOPIC_SENTENCES = [
+    "{topic} brings people together and makes every day a little brighter.",
+    "Many people enjoy {topic} because it is simple, calm and full of meaning.",
+    "There are many ways to think about {topic}, and each one teaches something new.",
+    "In the end, {topic} is a wonderful part of life.",
+]

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny params, a temp git+DVC copy of this repo, the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small enough for seconds per stage, large enough that every metric is defined.
+TINY = {
+    "grid": {"sizes": ["S", "M"], "kinds": ["broad", "local"], "amounts": [300], "seeds": [0]},
+    "fetch": {"n_people_a": 30, "n_people_b": 12, "n_people_c": 12, "bios_per_person": 4, "qa_per_fact_c": 1,
+              "skill_docs": 200, "n_eval_qa": 12, "n_eval_mc": 12, "n_eval_skill": 8, "n_eval_pref": 10},
+    "sizes": {"S": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
+              "M": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
+              "L": {"hidden_size": 48, "intermediate_size": 96, "num_layers": 2, "num_heads": 2}},
+    "pretrain": {"steps": 8, "batch_size": 8, "seq_len": 32},
+    "sft": {"epochs": 1, "batch_size": 8},
+    "eval": {"batch_size": 16, "pref_max_new_tokens": 16},
+}
+
+
+def deep_update(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    e.pop("DVC_ROOT", None)
+    e.pop("MLFLOW_TRACKING_URI", None)
+    e["TOKENIZERS_PARALLELISM"] = "false"
+    e["HF_HUB_OFFLINE"] = "1"
+    e["HF_DATASETS_OFFLINE"] = "1"
+    e["PYTHONPATH"] = str(ROOT / "src")
+    return e
+
+
+def run(cmd: list[str] | str, cwd: Path, check: bool = True, extra_env: dict | None = None,
+        timeout: int = 900) -> subprocess.CompletedProcess:
+    e = env() | (extra_env or {})
+    r = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout,
+                       shell=isinstance(cmd, str))
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\nSTDOUT:\n{r.stdout[-4000:]}\nSTDERR:\n{r.stderr[-6000:]}")
+    return r
+
+
+def write_params(repo: Path, overrides: dict) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    deep_update(params, overrides)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def make_repo(dest: Path, overrides: dict | None = None) -> Path:
+    """A git + DVC copy of this repository's tracked files, with tiny params, inputs pulled."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        src = ROOT / f
+        if not src.is_file() or f.startswith(("metrics/", "eval/", "plots/")) or f == "REPORT.md":
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / f)
+    write_params(dest, deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {}))
+    run("git init -q -b main && git config user.email t@t && git config user.name t && git add -A && "
+        "git commit -qm init", dest)
+    run(["dvc", "pull", "-q", "data.dvc"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def world_repo(tmp_path_factory) -> Path:
+    """A tiny repo where `fetch` and `base@S` have run (shared by the fast tests)."""
+    repo = make_repo(tmp_path_factory.mktemp("world") / "repo")
+    run(["dvc", "repro", "-q", "base@S"], repo)
+    return repo

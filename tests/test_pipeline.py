@@ -1,0 +1,87 @@
+"""End to end: `dvc repro` and `dvc exp run` on tiny params in a temp git repo."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from conftest import make_repo, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    r = run(["dvc", "repro"], repo)
+    return repo, r.stdout
+
+
+def test_repro_writes_every_run_summary_and_report(repro):
+    repo, _ = repro
+    runs = sorted(p.stem for p in (repo / "metrics" / "runs").glob("*.json"))
+    assert runs == sorted(["teacher", "S-base", "M-base", "S-broad-300-s0", "S-local-300-s0",
+                           "M-broad-300-s0", "M-local-300-s0"])
+    m = json.loads((repo / "metrics" / "runs" / "M-broad-300-s0.json").read_text())
+    for t in ("qa", "mc", "skill"):
+        assert 0.0 <= m["capability"][t] <= 1.0
+    for r in ("nonexpert", "expert"):
+        pref = m["preference"][r]
+        assert pref["win"] + pref["tie"] + pref["loss"] + pref["unjudged"] == m["n"]["pref"]
+    teacher = json.loads((repo / "metrics" / "runs" / "teacher.json").read_text())
+    # the teacher knows every fact: its QA and MC through lm-eval's API backend are near perfect
+    assert teacher["capability"]["qa"] >= 0.9 and teacher["capability"]["mc"] >= 0.9
+    assert teacher["capability"]["skill"] >= 0.9
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    assert set(summary["findings"]) >= {"F1", "F2", "F3", "F4", "F5"}
+    report = (repo / "REPORT.md").read_text()
+    assert "## Findings" in report and "M+local@300" in report
+    assert (repo / "plots" / "capability_vs_amount.png").stat().st_size > 1000
+
+
+def test_models_are_safetensors_and_imitation_data_is_clean(repro):
+    repo, _ = repro
+    sft = repo / "models" / "sft" / "S-broad-300-s0"
+    assert (sft / "model.safetensors").exists() and not list(sft.glob("*.bin"))
+    manifest = json.loads((repo / "data" / "imitation" / "manifest.json").read_text())
+    world = json.loads((repo / "data" / "raw" / "world.json").read_text())
+    b_names = {p["name"] for p in world["people"] if p["group"] == "B"}
+    for kind in ("broad", "local"):
+        assert manifest["kinds"][kind]["amounts"]["300"]["tokens"] >= 300
+        text = (repo / "data" / "imitation" / kind / "300.jsonl").read_text()
+        assert not any(n in text for n in b_names), "a held-out person leaked into imitation data"
+    assert manifest["calls"]["failures"] == 0
+
+
+def test_second_repro_does_nothing_and_status_is_clean(repro):
+    repo, _ = repro
+    r = run(["dvc", "repro"], repo)
+    assert "Running stage" not in r.stdout
+    st = run(["dvc", "status"], repo)
+    assert "changed" not in st.stdout and "modified" not in st.stdout
+
+
+def test_mlflow_has_one_run_per_stage_execution(repro):
+    repo, stdout = repro
+    executed = stdout.count("Running stage")
+    con = sqlite3.connect(repo / "mlflow.db")
+    n = con.execute("select count(*) from runs").fetchone()[0]
+    tags = dict(con.execute("select key, value from tags where key in ('git_commit', 'stage') limit 2").fetchall())
+    con.close()
+    assert n == executed
+    assert len(tags.get("git_commit", "")) == 40
+
+
+def test_exp_run_new_amount_runs_only_new_cells(repro):
+    repo, _ = repro
+    run("git add -A && git commit -qm 'baseline results'", repo)
+    r = run(["dvc", "exp", "run", "-n", "more-data", "-S", "grid.amounts=[300,600]"], repo)
+    ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage")}
+    # the new amount's cells, plus the stages that read the whole grid
+    assert {s for s in ran if s.startswith("sft@")} == {f"sft@{s}-{k}-600-0" for s in "SM" for k in
+                                                         ("broad", "local")}
+    assert not any(s.startswith(("base@", "eval-base@", "eval-teacher", "fetch")) for s in ran)
+    flat = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "more-data" in flat and "M-local-600-s0" in flat
