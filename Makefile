@@ -6,6 +6,11 @@ PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export HF_HUB_DISABLE_TELEMETRY := 1
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
 
 .PHONY: run test setup bench clean-venv
 
@@ -25,6 +30,7 @@ run: setup
 	@echo "Done: see REPORT.md, metrics/summary.json and plots/."
 
 test: setup
+	dvc pull -q data.dvc
 	$(PY) -m pytest
 
 clean-venv:

@@ -90,3 +90,16 @@ def world_repo(tmp_path_factory) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("world") / "repo")
     run(["dvc", "repro", "-q", "base@S"], repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def small_world():
+    """A small in-memory world from the hand-made inputs (data/inputs, pulled by `make test`)."""
+    from imitation_gap.common import read_jsonl
+    from imitation_gap.world import build_world, load_spec
+
+    inputs = ROOT / "data" / "inputs"
+    if not (inputs / "world_spec.yaml").exists():
+        pytest.fail("data/inputs is missing: run `dvc pull data.dvc` (make test does)")
+    seeds = [r["person"] for r in read_jsonl(inputs / "seed_qa.jsonl")]
+    return build_world(load_spec(inputs / "world_spec.yaml"), seeds, 40, 20, 20, seed=3)

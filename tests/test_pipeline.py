@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import pytest
 
@@ -85,3 +86,72 @@ def test_exp_run_new_amount_runs_only_new_cells(repro):
     assert not any(s.startswith(("base@", "eval-base@", "eval-teacher", "fetch")) for s in ran)
     flat = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "more-data" in flat and "M-local-600-s0" in flat
+
+
+def test_queue_then_metrics_and_plots_diff(repro):
+    """The README's queue workflow: queue an experiment, start a worker, compare it."""
+    repo, _ = repro
+    run(["dvc", "exp", "run", "--queue", "-n", "two-seeds", "-S", "grid.seeds=[0,1]"], repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.time() + 900
+    status = ""
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Success" in status, status + run(["dvc", "queue", "logs", "two-seeds"], repo, check=False).stdout
+    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "two-seeds" in shown and "M-broad-300-s1" in shown
+    # the queued copy logged to the parent repo's MLflow store, tagged with its experiment name
+    con = sqlite3.connect(repo / "mlflow.db")
+    tagged = con.execute("select count(*) from tags where key = 'dvc_exp_name' and value = 'two-seeds'").fetchone()[0]
+    con.close()
+    assert tagged > 0
+    # compare it with the baseline
+    diff = json.loads(run(["dvc", "exp", "diff", "HEAD", "two-seeds", "--json"], repo).stdout)
+    assert "metrics/summary.json" in json.dumps(diff)
+    mdiff = run(["dvc", "metrics", "diff", "HEAD", "two-seeds", "--json"], repo)
+    assert "metrics/runs/M-broad-300-s1.json" in mdiff.stdout
+    out = repo / "diff-plots"
+    run(["dvc", "plots", "diff", "HEAD", "two-seeds", "-o", str(out)], repo)
+    assert (out / "index.html").exists()
+
+
+def test_mlflow_ui_serves_the_store(repro):
+    """The README's `mlflow ui` command on the pipeline's store lists the stage runs."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from conftest import BIN, env
+
+    repo, _ = repro
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=repo, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = None
+        deadline = time.time() + 90
+        while time.time() < deadline and body is None:
+            try:
+                base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+                exp = json.loads(urllib.request.urlopen(
+                    f"{base}/experiments/get-by-name?experiment_name=imitation-gap", timeout=5).read())
+                req = urllib.request.Request(
+                    f"{base}/runs/search", method="POST",
+                    data=json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]],
+                                     "max_results": 1000}).encode(),
+                    headers={"Content-Type": "application/json"})
+                body = json.loads(urllib.request.urlopen(req, timeout=5).read())
+            except OSError:
+                time.sleep(1)
+        assert body is not None, "mlflow ui did not answer"
+        names = {r["info"]["run_name"] for r in body.get("runs", [])}
+        assert {"fetch", "imitate-dataset", "report", "eval@teacher"} <= names
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -17,6 +17,12 @@ from .config import ConfigError, DataError, EndpointError, Params
 
 log = logging.getLogger("imitation_gap")
 
+# No usage telemetry from the libraries: the study runs offline and talks only to 127.0.0.1
+# (and to the endpoints named in params).
+for _var, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
+                     ("HF_HUB_DISABLE_TELEMETRY", "1"), ("DVC_NO_ANALYTICS", "1")):
+    os.environ.setdefault(_var, _value)
+
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -52,6 +52,7 @@ class Fetch:
     bios_per_person: int
     qa_per_fact_c: int
     hedge_rate: float
+    sentence_rate: float
     skill_docs: int
     skill_holdout: float
     n_eval_qa: int
@@ -80,6 +81,14 @@ class Pretrain:
 
 
 @dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens of one model."""
+
+    prompt: float
+    completion: float
+
+
+@dataclass(frozen=True)
 class Teacher:
     base_url: str
     model: str
@@ -89,13 +98,25 @@ class Teacher:
     concurrency: int
     timeout: float
     max_retries: int
+    backoff_base: float
+    backoff_max: float
+    malformed_retries: int
+    max_failure_fraction: float
+    budget_requests: int
+    budget_tokens: int
+    budget_usd: float
+    price_per_1m_tokens: dict[str, Price]
+    cache_dir: str
 
 
 @dataclass(frozen=True)
 class Imitate:
     broad_fact_share: float
     local_shots: int
+    local_rounds: int
     decontam_ngram: int
+    harvest_path: str
+    harvest_language: str
 
 
 @dataclass(frozen=True)
@@ -114,6 +135,9 @@ class SFT:
     max_seq_len: int
     warmup_ratio: float
     assistant_only_loss: bool
+    packing: bool
+    bf16: bool
+    gradient_checkpointing: bool
     threads: int
     lora: Lora
 
@@ -247,6 +271,8 @@ def _validate(p: Params) -> None:
               "n_eval_skill", "n_eval_pref"):
         _check(getattr(fe, f) > 0, f"fetch.{f}", getattr(fe, f), "must be an integer > 0")
     _check(0 <= fe.hedge_rate <= 1, "fetch.hedge_rate", fe.hedge_rate, "must be in [0, 1]")
+    _check(0 <= fe.sentence_rate <= 1 - fe.hedge_rate, "fetch.sentence_rate", fe.sentence_rate,
+           f"must be in [0, 1 - fetch.hedge_rate] = [0, {1 - fe.hedge_rate:g}]")
     _check(0 < fe.skill_holdout < 1, "fetch.skill_holdout", fe.skill_holdout, "must be in (0, 1)")
     pt = p.pretrain
     for f in ("steps", "batch_size", "seq_len", "threads"):
@@ -259,9 +285,34 @@ def _validate(p: Params) -> None:
     _check(t.concurrency > 0, "teacher.concurrency", t.concurrency, "must be > 0")
     _check(t.timeout > 0, "teacher.timeout", t.timeout, "must be > 0")
     _check(t.max_retries >= 0, "teacher.max_retries", t.max_retries, "must be >= 0")
+    _check(t.backoff_base > 0, "teacher.backoff_base", t.backoff_base, "must be > 0 (seconds)")
+    _check(t.backoff_max >= t.backoff_base, "teacher.backoff_max", t.backoff_max,
+           f"must be >= teacher.backoff_base ({t.backoff_base})")
+    _check(t.malformed_retries >= 0, "teacher.malformed_retries", t.malformed_retries, "must be >= 0")
+    _check(0 <= t.max_failure_fraction <= 1, "teacher.max_failure_fraction", t.max_failure_fraction,
+           "must be in [0, 1]")
+    for f in ("budget_requests", "budget_tokens", "budget_usd"):
+        _check(getattr(t, f) >= 0, f"teacher.{f}", getattr(t, f), "must be >= 0 (0 = no cap)")
+    for name, price in t.price_per_1m_tokens.items():
+        for f in ("prompt", "completion"):
+            _check(getattr(price, f) >= 0, f"teacher.price_per_1m_tokens.{name}.{f}", getattr(price, f),
+                   "must be >= 0 (USD per 1M tokens)")
+    if t.budget_usd > 0:
+        needed = [t.model, p.eval.judge.nonexpert_model, p.eval.judge.expert_model]
+        missing = [m for m in needed if m not in t.price_per_1m_tokens]
+        _check(not missing, "teacher.price_per_1m_tokens", sorted(t.price_per_1m_tokens),
+               f"teacher.budget_usd is set, so every model called needs a price; add {missing}")
     _check(0 <= p.imitate.broad_fact_share <= 1, "imitate.broad_fact_share", p.imitate.broad_fact_share,
            "must be in [0, 1]")
     _check(p.imitate.local_shots > 0, "imitate.local_shots", p.imitate.local_shots, "must be > 0")
+    _check(p.imitate.local_rounds > 0, "imitate.local_rounds", p.imitate.local_rounds, "must be > 0")
+    from .harvest import LANG_FILTERS
+
+    _check(p.imitate.harvest_language in LANG_FILTERS, "imitate.harvest_language", p.imitate.harvest_language,
+           f"must be one of {sorted(LANG_FILTERS)}")
+    if p.imitate.harvest_path:
+        _check(Path(p.imitate.harvest_path).exists(), "imitate.harvest_path", p.imitate.harvest_path,
+               "file not found (ShareGPT JSON/JSONL; put it under data/inputs/ so data.dvc tracks it)")
     _check(p.imitate.decontam_ngram > 0, "imitate.decontam_ngram", p.imitate.decontam_ngram, "must be > 0")
     s = p.sft
     _check(s.epochs > 0, "sft.epochs", s.epochs, "must be > 0")

@@ -34,7 +34,7 @@ from . import raters
 from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
 from .config import Params, check_cell, load_params, run_name
 from .llm import LLMClient
-from .teacher import embedded_endpoint
+from .teacher import cache_host, embedded_endpoint
 from .world import load_world, parse_bio_request, parse_fact_question, tidy
 
 RAW = Path("data/raw")
@@ -47,7 +47,7 @@ def capability(p: Params, lm) -> tuple[dict, dict]:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=str(TASKS_DIR))
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)  # our tasks only: no index of 1000s
     shots = {"qa": p.eval.qa_shots, "mc": p.eval.mc_shots, "skill": p.eval.skill_shots}
     scores, samples = {}, {}
     for short, task in TASKS.items():
@@ -99,8 +99,7 @@ def generate_answers(model_dir: Path, prompts: list[str], max_new_tokens: int, b
 
 
 def teacher_answers(p: Params, base_url: str, prompts: list[dict]) -> list[str]:
-    client = LLMClient(base_url, p.teacher.model, p.teacher.api_key_env, p.teacher.timeout, p.teacher.max_retries,
-                       p.teacher.concurrency, what="teacher")
+    client = LLMClient.from_params(p.teacher, base_url, cache_host=cache_host(p.teacher.base_url, RAW / "world.json"))
     client.check_reachable("teacher.base_url")
     got = client.chat_many([(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in prompts],
                            {"temperature": p.teacher.temperature, "max_tokens": p.teacher.max_tokens},
@@ -115,8 +114,9 @@ def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str]
     out, raw = {}, []
     sampling = {"temperature": 0.0, "max_tokens": 256}
     for rater, model in (("nonexpert", p.eval.judge.nonexpert_model), ("expert", p.eval.judge.expert_model)):
-        client = LLMClient(base_url, model, p.teacher.api_key_env, p.teacher.timeout, p.teacher.max_retries,
-                           p.teacher.concurrency, what=f"{rater} judge")
+        client = LLMClient.from_params(
+            p.teacher, base_url, model=model, what=f"{rater} judge",
+            cache_host=cache_host(p.eval.judge.base_url, RAW / "world.json"))
         items = []
         for r, ans, ref in zip(prompts, answers, reference):
             for order, (a, b) in (("model-first", (ans, ref)), ("teacher-first", (ref, ans))):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
 from .config import DataError, Params, load_params
-from .world import (ATTRS, BIO_REQUEST, TOPIC_REQUEST, World, all_triples, biography, build_world, hedge,
+from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, TOPIC_REQUEST, World, all_triples, biography, build_world, hedge,
                     load_spec, qa_text, question, reverse_question, vocabulary_text)
 
 RAW = Path("data/raw")
@@ -69,10 +69,16 @@ def corpus_docs(world: World, p: Params, rng: random.Random) -> list[str]:
     for person in world.group("C"):
         for a in ATTRS:
             for _ in range(f.qa_per_fact_c):
-                ans = person.fact(a)
-                if rng.random() < f.hedge_rate:
-                    ans = hedge(ans, rng, world.hedges)
-                docs.append(qa_text(question(person, a), ans + "."))
+                # answers come terse ("Cestra."), as a sentence that restates the subject
+                # ("X was born in Cestra."), or unsure ("I think Cestra.")
+                r = rng.random()
+                if r < f.hedge_rate:
+                    ans = hedge(person.fact(a), rng, world.hedges) + "."
+                elif r < f.hedge_rate + f.sentence_rate:
+                    ans = FACT_SENTENCES[a].format(**person.fields())
+                else:
+                    ans = person.fact(a) + "."
+                docs.append(qa_text(question(person, a), ans))
     train_triples = [t for t in all_triples(world.skill_words) if not world.triple_is_heldout(t, f.skill_holdout)]
     for _ in range(f.skill_docs):
         t = rng.choice(train_triples)

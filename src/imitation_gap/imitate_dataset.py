@@ -15,6 +15,10 @@ never appear.  For each amount in ``grid.amounts`` the stage writes the shortest
 of the accepted rows holding at least that many tokens (chat template included), so a
 larger amount contains every smaller one.
 
+With ``imitate.harvest_path`` set, broad data comes instead from existing teacher
+transcripts in ShareGPT format (as the paper's ShareGPT-Mix did), deduplicated by first
+user turn, language-filtered and decontaminated the same way.
+
 Outputs: ``data/imitation/<kind>/<amount>.jsonl`` and ``data/imitation/manifest.json``.
 
 Run: ``python -m imitation_gap.imitate_dataset`` (dvc: ``dvc repro imitate-dataset``).
@@ -31,7 +35,7 @@ from pathlib import Path
 from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
 from .config import DataError, Params, load_params
 from .llm import LLMClient
-from .teacher import embedded_endpoint
+from .teacher import cache_host, embedded_endpoint
 from .world import (ASPECTS, ATTRS, BIO_REQUEST, CHAT_QUESTIONS, LOCAL_REQUEST, QUESTIONS, TOPIC_REQUEST, World,
                     all_triples, load_world, normalize, qa_text, reverse_question, tidy)
 
@@ -63,12 +67,13 @@ def broad_prompts(world: World, p: Params, rng: random.Random):
 def local_prompts(world: World, p: Params, rng: random.Random, seeds: list[dict]):
     """Few-shot generation prompts: seed examples, then a request about an A person."""
     facts = [(person, a) for person in world.group("A") for a in ATTRS]
-    rng.shuffle(facts)
-    for person, a in facts:  # finite: one request per (person, attribute)
-        shots = rng.sample(seeds, min(p.imitate.local_shots, len(seeds)))
-        examples = "\n".join(qa_text(s["question"], s["answer"]) for s in shots)
-        request = LOCAL_REQUEST.format(name=person.name, aspect=ASPECTS[a])
-        yield f"Here are some example questions and answers:\n{examples}\n{request}"
+    for _ in range(p.imitate.local_rounds):  # each round asks about every fact once, with other shots
+        rng.shuffle(facts)
+        for person, a in facts:
+            shots = rng.sample(seeds, min(p.imitate.local_shots, len(seeds)))
+            examples = "\n".join(qa_text(s["question"], s["answer"]) for s in shots)
+            request = LOCAL_REQUEST.format(name=person.name, aspect=ASPECTS[a])
+            yield f"Here are some example questions and answers:\n{examples}\n{request}"
 
 
 _QA_RE = re.compile(r"Question:\s*(?P<q>.+?)\s*\nAnswer:\s*(?P<a>.+)", re.S)
@@ -99,13 +104,40 @@ def contaminated(text: str, grams: set, n: int) -> bool:
     return any(tuple(words[i:i + n]) in grams for i in range(len(words) - n + 1))
 
 
+def harvest_kind(p: Params, tok, grams: set, world: World) -> tuple[list[dict], dict]:
+    """Broad data from existing transcripts (imitate.harvest_path) instead of new teacher calls."""
+    from .harvest import LANG_FILTERS, load_sharegpt
+
+    rows, stats = load_sharegpt(p.imitate.harvest_path, LANG_FILTERS[p.imitate.harvest_language])
+    b_names = {x.name for x in world.group("B")}
+    out, removed, total = [], 0, 0
+    for row in rows:
+        text = " ".join(m["content"] for m in row["messages"] if m["role"] == "user")
+        if contaminated(text, grams, p.imitate.decontam_ngram) or any(n in text for n in b_names):
+            removed += 1
+            continue
+        row["n_tokens"] = len(tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+        row["id"] = f"broad-{len(out):06d}"
+        out.append(row)
+        total += row["n_tokens"]
+    stats = {**stats, "rows": len(out), "tokens": total, "decontaminated": removed, "source": "harvest"}
+    if total < max(p.grid.amounts):
+        raise DataError(f"imitate.harvest_path = {p.imitate.harvest_path!r} holds {total} tokens after dedup and "
+                        f"decontamination; grid.amounts asks for {max(p.grid.amounts)}. Lower grid.amounts or "
+                        "harvest more transcripts.")
+    return out, stats
+
+
 def build_kind(kind: str, client: LLMClient, world: World, p: Params, tok, grams: set) -> tuple[list[dict], dict]:
+    if kind == "broad" and p.imitate.harvest_path:
+        return harvest_kind(p, tok, grams, world)
     rng = random.Random(f"{p.seed}-{kind}")
     stream = broad_prompts(world, p, rng) if kind == "broad" else \
         local_prompts(world, p, rng, read_jsonl(RAW / "seed_qa.jsonl"))
     target = max(p.grid.amounts)
     b_names = {x.name for x in world.group("B")}
     seen: set[str] = set()
+    seen_rows: set[str] = set()
     rows: list[dict] = []
     tokens = 0
     removed = dropped_dupes = malformed = 0
@@ -143,10 +175,14 @@ def build_kind(kind: str, client: LLMClient, world: World, p: Params, tok, grams
                 malformed += 1
                 continue
             user = row["messages"][0]["content"]
+            if user in seen_rows:  # the teacher wrote this question before
+                dropped_dupes += 1
+                continue
+            seen_rows.add(user)
             if contaminated(user, grams, p.imitate.decontam_ngram):
                 removed += 1
                 continue
-            row["n_tokens"] = len(tok.apply_chat_template(row["messages"], tokenize=True))
+            row["n_tokens"] = len(tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
             row["id"] = f"{kind}-{len(rows):06d}"
             rows.append(row)
             tokens += row["n_tokens"]
@@ -188,8 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         base_url = p.teacher.base_url
         if base_url == "embedded":
             base_url = stack.enter_context(embedded_endpoint(RAW / "world.json", RAW / "tokenizer"))
-        client = LLMClient(base_url, p.teacher.model, p.teacher.api_key_env, p.teacher.timeout,
-                           p.teacher.max_retries, p.teacher.concurrency, what="teacher")
+        client = LLMClient.from_params(p.teacher, base_url, cache_host=cache_host(p.teacher.base_url, RAW / "world.json"))
         client.check_reachable("teacher.base_url")
         manifest: dict = {"teacher": {"model": p.teacher.model,
                                       "endpoint": "embedded" if p.teacher.base_url == "embedded" else client.host},
@@ -205,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                 manifest["kinds"][kind] = {**stats, "amounts": files}
                 log.info("imitate-dataset %s: %s", kind, stats)
             manifest["calls"] = client.stats.as_dict()
-            manifest["cost_usd"] = 0.0 if p.teacher.base_url == "embedded" else None
+            manifest["cost_usd"] = client.stats.cost_usd
             write_json(out / "manifest.json", manifest)
         log_metrics({f"{k}.{m}": v for k, s in manifest["kinds"].items() for m, v in s.items()
                      if isinstance(v, (int, float))} | {f"calls.{k}": v for k, v in client.stats.as_dict().items()

@@ -23,7 +23,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .common import log, read_jsonl, run_cli, write_json, write_text_atomic
+from .common import log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_text_atomic
 from .config import Params, load_params, run_name
 
 RUNS = Path("metrics/runs")
@@ -69,6 +69,17 @@ def summarize(values: list[float], n_items: int | None, is_rate: bool) -> dict:
         else:
             method = "none (one run)"
     return {"mean": m, "lo": lo, "hi": hi, "n_seeds": len(values), "ci": method}
+
+
+def finite(obj):
+    """NaN (an undefined CI) as null, so the JSON is valid for every reader."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {str(k): finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def get(d: dict, path: str):
@@ -153,24 +164,24 @@ def findings(p: Params, agg: dict) -> list[dict]:
 
         deltas = {}
         for s in sizes:
-            lo_cap = statistics.fmean(m(C[(s, "broad", low)], f"capability.{t}") for t in ("qa", "mc"))
-            hi_cap = statistics.fmean(m(C[(s, "broad", top)], f"capability.{t}") for t in ("qa", "mc"))
+            lo_cap = statistics.fmean(m(C[(s, "broad", low)], f"capability.{t}") for t in TASKS)
+            hi_cap = statistics.fmean(m(C[(s, "broad", top)], f"capability.{t}") for t in TASKS)
             deltas[s] = hi_cap - lo_cap
         held = len(amounts) > 1 and all(d <= 0.02 for d in deltas.values())
-        out.append({"id": "F2", "claim": "More broad imitation data does not raise knowledge benchmarks "
+        out.append({"id": "F2", "claim": "More broad imitation data does not raise benchmark scores "
                                          "(and may lower them).",
-                    "rule": f"for every size, mean(QA, MC) at {top} tokens minus at {low} tokens <= +0.02",
-                    "numbers": {"delta_qa_mc_by_size": deltas},
+                    "rule": f"for every size, mean(QA, MC, skill) at {top} tokens minus at {low} tokens <= +0.02",
+                    "numbers": {"delta_capability_by_size": deltas},
                     "verdict": "held" if held else ("inconclusive (one amount)" if len(amounts) < 2 else
                                                     "did not hold")})
 
-        cap = {s: statistics.fmean(m(B[s], f"capability.{t}") for t in ("qa", "mc")) for s in sizes}
+        cap = {s: statistics.fmean(m(B[s], f"capability.{t}") for t in TASKS) for s in sizes}
         pref = {s: m(C[(s, "broad", top)], "preference.nonexpert") for s in sizes}
         held = len(sizes) > 1 and cap[big] > cap[small] and pref[big] is not None and pref[big] >= pref[small]
         out.append({"id": "F3", "claim": "A larger base model raises both benchmark scores and ratings.",
-                    "rule": f"base mean(QA, MC) of {big} > {small}, and non-expert win+tie of {big}+broad@{top} "
-                            f">= {small}'s",
-                    "numbers": {"base_qa_mc": cap, "nonexpert_win_tie_broad": pref},
+                    "rule": f"base mean(QA, MC, skill) of {big} > {small}, and non-expert win+tie of "
+                            f"{big}+broad@{top} >= {small}'s",
+                    "numbers": {"base_capability": cap, "nonexpert_win_tie_broad": pref},
                     "verdict": "held" if held else "did not hold"})
 
     if has["local"]:
@@ -211,6 +222,15 @@ def fmt(s: dict | None, digits: int = 2) -> str:
     if lo != lo:  # nan
         return f"{m:.{digits}f}"
     return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def headline(p: Params, agg: dict) -> dict:
+    """A few numbers per model for `dvc exp show`: QA, MC, skill, non-expert and expert win+tie."""
+    keys = {"qa": "capability.qa", "mc": "capability.mc", "skill": "capability.skill",
+            "pref_nonexpert": "preference.nonexpert", "pref_expert": "preference.expert"}
+    models = {"teacher": agg["teacher"]} | {run_name(s): agg["base"][s] for s in p.grid.sizes} | \
+        {f"{s}-{k}-{a}": v for (s, k, a), v in agg["cells"].items()}
+    return {m: {short: round(v[k]["mean"], 4) for short, k in keys.items() if k in v} for m, v in models.items()}
 
 
 def label(cell) -> str:
@@ -306,7 +326,7 @@ def plot(p: Params, agg: dict) -> list[str]:
     files.append("style_vs_amount.png")
 
     # CSV for `dvc plots`
-    rows = ["model,size,kind,amount," + ",".join(n for n, _, _ in metric_paths())]
+    rows = ["model,size,kind,amount," + ",".join(n.replace(".", "_") for n, _, _ in metric_paths())]
     for s in p.grid.sizes:
         rows.append(",".join([f"{s}-base", s, "base", "0"] + [f"{B[s][n]['mean']:.4f}" if n in B[s] else ""
                                                                 for n, _, _ in metric_paths()]))
@@ -383,7 +403,7 @@ def render(p: Params, agg: dict, gaps: dict, finds: list[dict], figs: list[str],
         cells = [fmt(C[(s, k, top)].get("capability.qa")) if (s, k, top) in C else "n/a" for k in ("broad", "local")]
         L.append(f"| {s} | {fmt(B[s].get('capability.qa'))} | {cells[0]} | {cells[1]} | "
                  f"{fmt(T.get('capability.qa'))} |")
-    L += [f"", f"(imitation at {top} tokens)", "", "## Style (Table 2 analogue)", "",
+    L += ["", f"(imitation at {top} tokens)", "", "## Style (Table 2 analogue)", "",
           "| model | teacher-style | lists | authoritative | confident & wrong | fact accuracy | words | "
           "length corr. with teacher |", "|---|---|---|---|---|---|---|---|"]
     rows = [("teacher", T)] + [(f"{s} base", B[s]) for s in p.grid.sizes] + [(label(c), v) for c, v in C.items()]
@@ -407,6 +427,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     p = load_params(args.params)
+    with mlflow_run(p, "report", {"grid": p.section("grid")}):
+        summary = build(p)
+        log_metrics({"headline": summary["headline"]})
+        import mlflow
+
+        mlflow.log_artifact("REPORT.md")
+        mlflow.log_artifacts(str(PLOTS), artifact_path="plots")
+    log.info("report: findings %s", summary["findings"])
+
+
+def build(p: Params) -> dict:
+    """Aggregate, plot and write the report; return the summary."""
     data = load(p)
     agg = {"teacher": aggregate([data["teacher"]]), "base": {s: aggregate([m]) for s, m in data["base"].items()},
            "cells": {c: aggregate(runs) for c, runs in data["cells"].items()}}
@@ -424,11 +456,10 @@ def main(argv: list[str] | None = None) -> None:
                "teacher": agg["teacher"], "base": agg["base"],
                "cells": {label(c): v for c, v in agg["cells"].items()}, "gap_closed": gaps,
                "findings": {f["id"]: f["verdict"] for f in finds},
-               "headline": {f"{label(c)}.qa": v["capability.qa"]["mean"] for c, v in agg["cells"].items()}
-               | {f"{s}-base.qa": agg["base"][s]["capability.qa"]["mean"] for s in p.grid.sizes}}
-    write_json("metrics/summary.json", json.loads(json.dumps(summary, default=str).replace("NaN", "null")))
+               "headline": headline(p, agg)}
+    write_json("metrics/summary.json", finite(summary))
     write_text_atomic("REPORT.md", render(p, agg, gaps, finds, figs, exs))
-    log.info("report: findings %s", summary["findings"])
+    return summary
 
 
 if __name__ == "__main__":

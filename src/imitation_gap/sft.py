@@ -66,7 +66,8 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
             learning_rate=s.lr, lr_scheduler_type="cosine", warmup_steps=int(s.warmup_ratio * steps),
             logging_steps=max(1, int(steps) // 20), save_strategy="no", report_to=["mlflow"], use_cpu=True,
             seed=seed, data_seed=seed, max_length=s.max_seq_len, assistant_only_loss=s.assistant_only_loss,
-            packing=False, dataloader_num_workers=0,
+            packing=s.packing, bf16=s.bf16, gradient_checkpointing=s.gradient_checkpointing,
+            dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
         t0 = time.time()

@@ -9,6 +9,13 @@ run every capability task on it, multiple choice included.
 Endpoints (all on 127.0.0.1): ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions``.  Models: ``teacher``, ``judge-nonexpert``, ``judge-expert``.
 
+For tests of the client, the server can misbehave like a paid API on a bad day
+(:class:`Faults`): 429 with ``Retry-After``, 500, answers slower than the client's
+timeout, truncated JSON and empty ``choices``, each at its own rate.  Whether a
+request is faulted is a function of (seed, request body, how many times that body
+was seen), so a run is reproducible whatever the thread interleaving; the answers
+themselves never change.  :class:`ServerStats` counts what was served.
+
 Run it by hand::
 
     python -m imitation_gap.teacher --world data/raw/world.json --tokenizer data/raw/tokenizer --port 8000
@@ -17,22 +24,110 @@ Run it by hand::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
 import threading
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import raters
-from .world import (FACT_CLAIMS, QUESTIONS, TOPIC_SENTENCES, World, load_world, parse_bio_request,
+from .world import (FACT_CLAIMS, question_wordings, TOPIC_SENTENCES, World, load_world, parse_bio_request,
                     parse_fact_question, parse_local_request, parse_reverse, parse_topic, qa_text, stable_hash,
                     tidy)
 
 MODELS = ("teacher", "judge-nonexpert", "judge-expert")
+FAULT_KINDS = ("rate_limit", "server_error", "slow", "truncated", "empty_choices")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault injection: the rate of each kind of bad answer (0 = never), per request.
+
+    The kinds exclude each other; their rates must sum to at most 1.  ``retry_after``
+    is sent with each 429 (seconds, as ``Retry-After``); a slow answer is held back
+    ``slow_seconds`` (set it above the client's timeout); ``latency`` delays every
+    answer (to make a run last long enough to be killed half-way).  ``paths`` lists the
+    routes that misbehave (by default only chat completions, which the client serves).
+    """
+
+    rate_limit: float = 0.0
+    server_error: float = 0.0
+    slow: float = 0.0
+    truncated: float = 0.0
+    empty_choices: float = 0.0
+    retry_after: float = 0.05
+    slow_seconds: float = 2.0
+    latency: float = 0.0
+    seed: int = 0
+    paths: tuple[str, ...] = ("/v1/chat/completions",)
+
+    def __post_init__(self) -> None:
+        rates = [getattr(self, k) for k in FAULT_KINDS]
+        if any(r < 0 for r in rates) or sum(rates) > 1 + 1e-9:
+            raise ValueError(f"fault rates must be >= 0 and sum to <= 1, got {dict(zip(FAULT_KINDS, rates))}")
+
+    @classmethod
+    def uniform(cls, total: float, **kw) -> "Faults":
+        """Every kind of fault at ``total / 5``: ``Faults.uniform(0.2)`` faults 20% of requests."""
+        return cls(**{k: total / len(FAULT_KINDS) for k in FAULT_KINDS}, **kw)
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, k) for k in FAULT_KINDS)
+
+    def pick(self, body: bytes, attempt: int) -> str | None:
+        """The fault for the ``attempt``-th arrival (0-based) of this exact body, or None."""
+        if self.total <= 0:
+            return None
+        digest = hashlib.sha256(f"{self.seed}|{attempt}|".encode() + body).digest()
+        u = int.from_bytes(digest[:8], "big") / 2 ** 64
+        edge = 0.0
+        for kind in FAULT_KINDS:
+            edge += getattr(self, kind)
+            if u < edge:
+                return kind
+        return None
+
+
+@dataclass
+class ServerStats:
+    """What the server saw: requests per route, faults by kind, arrivals per body (thread-safe)."""
+
+    requests: int = 0
+    answered: int = 0  # 200 answers with real content (possibly too late for the client)
+    faults: Counter = field(default_factory=Counter)
+    arrivals: Counter = field(default_factory=Counter)  # sha256(body) -> times seen
+    auth_digests: set = field(default_factory=set)  # sha256 of each Authorization header seen (never the key)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def arrive(self, body: bytes, auth: str = "") -> int:
+        """Record one arrival of ``body``; return how many times it was seen before."""
+        key = hashlib.sha256(body).hexdigest()
+        with self.lock:
+            self.requests += 1
+            self.auth_digests.add(hashlib.sha256(auth.encode()).hexdigest())
+            n = self.arrivals[key]
+            self.arrivals[key] = n + 1
+        return n
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            if what == "answered":
+                self.answered += 1
+            else:
+                self.faults[what] += 1
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"requests": self.requests, "answered": self.answered, "faults": dict(self.faults),
+                    "distinct_bodies": len(self.arrivals)}
 
 
 class TeacherModel:
@@ -57,7 +152,8 @@ class TeacherModel:
             person = self.world.by_name.get(name)
             if person is None:
                 return "I do not know."
-            return qa_text(QUESTIONS[attr].format(name=name), person.fact(attr))
+            wordings = question_wordings(attr)
+            return qa_text(wordings[h % len(wordings)].format(name=name), person.fact(attr))
         fq = parse_fact_question(user)
         if fq and fq[0] in self.world.by_name:
             person = self.world.by_name[fq[0]]
@@ -153,13 +249,20 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # keep stage logs clean
         pass
 
-    def _send(self, code: int, body: dict) -> None:
+    def _send(self, code: int, body: dict, headers: dict | None = None, truncate: bool = False) -> None:
         data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        if truncate:  # a well-framed HTTP answer whose JSON stops half-way
+            data = data[:len(data) // 2]
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout) before the answer came
 
     def _error(self, code: int, msg: str) -> None:
         self._send(code, {"error": {"message": msg, "type": "invalid_request_error", "code": code}})
@@ -175,16 +278,41 @@ class _Handler(BaseHTTPRequestHandler):
         tok = self.server.model.tok
         return len(tok.tokenize(text)) if tok is not None else len(text.split())
 
+    def _fault(self, raw: bytes, path: str) -> str | None:
+        """Decide (and apply the early part of) this request's injected fault, if any."""
+        faults: Faults = self.server.faults
+        stats: ServerStats = self.server.stats
+        attempt = stats.arrive(raw, self.headers.get("Authorization", ""))
+        if faults.latency > 0:
+            time.sleep(faults.latency)
+        kind = faults.pick(raw, attempt) if path in faults.paths else None
+        if kind is not None:
+            stats.count(kind)
+        if kind == "rate_limit":
+            self._send(429, {"error": {"message": "Rate limit reached (injected fault)", "type": "requests",
+                                       "code": "rate_limit_exceeded"}},
+                       headers={"Retry-After": f"{faults.retry_after:g}",
+                                "retry-after-ms": str(int(faults.retry_after * 1000))})
+        elif kind == "server_error":
+            self._error(500, "The server had an error while processing your request (injected fault)")
+        elif kind == "slow":
+            time.sleep(faults.slow_seconds)  # then answer normally: too late for a client with a shorter timeout
+        return kind
+
     def do_POST(self):
         try:
             length = int(self.headers.get("Content-Length", 0))
-            body = json.loads(self.rfile.read(length) or b"{}")
+            raw = self.rfile.read(length)
+            body = json.loads(raw or b"{}")
         except (ValueError, json.JSONDecodeError):
             return self._error(400, "request body is not JSON")
+        path = self.path.rstrip("/")
+        fault = self._fault(raw, path)
+        if fault in ("rate_limit", "server_error"):
+            return None
         model = body.get("model", "teacher")
         if model not in MODELS:
             return self._error(404, f"model {model!r} not found; available: {list(MODELS)}")
-        path = self.path.rstrip("/")
         tm: TeacherModel = self.server.model
         if path == "/v1/chat/completions":
             msgs = body.get("messages")
@@ -192,12 +320,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(400, "'messages' must be a non-empty list")
             text = tm.chat(msgs) if model == "teacher" else tm.judge(model, msgs)
             prompt_tokens = sum(self._count(str(m.get("content", ""))) for m in msgs)
+            choices = [] if fault == "empty_choices" else \
+                [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+            if fault is None or fault == "slow":
+                self.server.stats.count("answered")
             return self._send(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "model": model, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": self._count(text),
-                          "total_tokens": prompt_tokens + self._count(text)}})
+                          "total_tokens": prompt_tokens + self._count(text)}}, truncate=fault == "truncated")
         if path == "/v1/completions":
             prompts = body.get("prompt")
             if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
@@ -227,18 +358,51 @@ class _Handler(BaseHTTPRequestHandler):
                             out = out[:out.index(stop)]
                     n_out += self._count(out)
                     choices.append({"index": i, "text": out, "finish_reason": "stop", "logprobs": None})
+            if fault == "empty_choices":
+                choices = []
+            elif fault is None or fault == "slow":
+                self.server.stats.count("answered")
             return self._send(200, {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion",
                                     "created": int(time.time()), "model": model, "choices": choices,
                                     "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out,
-                                              "total_tokens": n_prompt + n_out}})
+                                              "total_tokens": n_prompt + n_out}}, truncate=fault == "truncated")
         return self._error(404, f"no route {self.path}")
 
 
-def make_server(world: World, tokenizer=None, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: many clients (and timed-out sockets) at once
+
+
+def make_server(world: World, tokenizer=None, host: str = "127.0.0.1", port: int = 0,
+                faults: Faults | None = None) -> ThreadingHTTPServer:
+    """The teacher's HTTP server (not yet serving); ``server.stats`` counts what it served.
+
+    ``faults`` (default: none) makes it misbehave, see :class:`Faults`.
+    """
+    server = _Server((host, port), _Handler)
     server.model = TeacherModel(world, tokenizer)
+    server.faults = faults or Faults()
+    server.stats = ServerStats()
     return server
+
+
+def embedded_cache_id(world_path: str | Path) -> str:
+    """The embedded teacher's identity for response-cache keys: ``embedded:<hash of the world>``.
+
+    Its port changes every run, so the client's ``cache_host`` is set to this instead; a
+    regenerated world (other facts, same names) or a changed teacher gets other keys, never
+    stale answers.
+    """
+    h = hashlib.sha256(Path(world_path).read_bytes())
+    for module in (__file__, raters.__file__):  # a changed teacher or rater answers anew
+        h.update(Path(module).read_bytes())
+    return "embedded:" + h.hexdigest()[:16]
+
+
+def cache_host(base_url_param: str, world_path: str | Path) -> str | None:
+    """The cache identity of an endpoint from params: the world's hash for "embedded", else its host."""
+    return embedded_cache_id(world_path) if base_url_param == "embedded" else None
 
 
 def load_tokenizer(path: str | Path):
@@ -248,11 +412,15 @@ def load_tokenizer(path: str | Path):
 
 
 @contextmanager
-def embedded_endpoint(world_path: str | Path, tokenizer_path: str | Path | None = None):
-    """Start the embedded teacher on 127.0.0.1 (a free port) for the block; yield its base URL."""
+def embedded_endpoint(world_path: str | Path, tokenizer_path: str | Path | None = None,
+                      faults: Faults | None = None):
+    """Start the embedded teacher on 127.0.0.1 (a free port) for the block; yield its base URL.
+
+    ``faults`` (default: none) injects the faults of :class:`Faults`.
+    """
     world = load_world(world_path)
     tok = load_tokenizer(tokenizer_path) if tokenizer_path else None
-    server = make_server(world, tok)
+    server = make_server(world, tok, faults=faults)
     thread = threading.Thread(target=server.serve_forever, name="embedded-teacher", daemon=True)
     thread.start()
     try:
@@ -268,8 +436,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokenizer", default="data/raw/tokenizer")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--fault-rate", type=float, default=0.0,
+                    help="inject faults (429, 500, slow, truncated JSON, empty choices, equally) in this share "
+                         "of chat requests, to try a client against a bad day")
+    ap.add_argument("--fault-seed", type=int, default=0)
     a = ap.parse_args(argv)
-    server = make_server(load_world(a.world), load_tokenizer(a.tokenizer), a.host, a.port)
+    faults = Faults.uniform(a.fault_rate, seed=a.fault_seed) if a.fault_rate > 0 else None
+    server = make_server(load_world(a.world), load_tokenizer(a.tokenizer), a.host, a.port, faults=faults)
     print(f"teacher serving on http://{a.host}:{server.server_address[1]}/v1 (models: {', '.join(MODELS)})")
     server.serve_forever()
 

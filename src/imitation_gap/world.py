@@ -43,6 +43,23 @@ CHAT_QUESTIONS = {
     "major": ["What was the subject {name} studied?"],
     "employer": ["Do you know who {name} works for?"],
 }
+# More wordings the teacher uses when it writes new questions (local imitation), as
+# ChatGPT varied its questions when it wrote NQ-synthetic.
+MORE_QUESTIONS = {
+    "city": ["What city was {name} born in?", "In which city was {name} born?",
+             "Which city is the birthplace of {name}?"],
+    "year": ["When was {name} born?", "What is the birth year of {name}?", "Which year was {name} born in?"],
+    "university": ["What university did {name} graduate from?", "Which university is {name} a graduate of?",
+                   "Where did {name} study?"],
+    "major": ["What subject did {name} study?", "What was the major of {name}?", "Which field did {name} study?"],
+    "employer": ["Which company does {name} work for?", "Where does {name} work?", "Who is the employer of {name}?"],
+}
+
+
+def question_wordings(attr: str) -> list[str]:
+    return [QUESTIONS[attr], *CHAT_QUESTIONS[attr], *MORE_QUESTIONS[attr]]
+
+
 BIO_REQUEST = "Tell me about {name}."
 REVERSE_QA = "Reverse the words: {words}"
 REVERSE_CHAT = "Can you reverse these words: {words}?"
@@ -226,7 +243,7 @@ def parse_fact_question(text: str) -> tuple[str, str] | None:
     """Return (name, attribute) if ``text`` asks one known fact question, else None."""
     text = tidy(text)
     for attr in ATTRS:
-        for tpl in [QUESTIONS[attr], *CHAT_QUESTIONS[attr]]:
+        for tpl in question_wordings(attr):
             pat = re.escape(tpl).replace(re.escape("{name}"), NAME_RE)
             m = re.search(pat, text)
             if m:
@@ -261,7 +278,7 @@ def parse_local_request(text: str) -> tuple[str, str] | None:
 
 def vocabulary_text(world: World) -> list[str]:
     """Every fixed string of the world (templates, style, hedges), so that the tokenizer covers them."""
-    texts = list(QUESTIONS.values()) + [t for v in CHAT_QUESTIONS.values() for t in v]
+    texts = [t for a in ATTRS for t in question_wordings(a)]
     texts += [BIO_REQUEST, REVERSE_QA, REVERSE_CHAT, TOPIC_REQUEST, LOCAL_REQUEST, *ASPECTS.values()]
     texts += BIOS + list(FACT_SENTENCES.values())
     texts += ["Question: Answer: Here is what I know about Here are some example questions and answers",

@@ -1,0 +1,114 @@
+"""Bad params and bad data stop a stage at once, name the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, run
+from imitation_gap.config import ConfigError, load_params
+
+
+def params_with(tmp_path, **edits) -> str:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in edits.items():
+        d = params
+        *path, last = dotted.split(".")
+        for k in path:
+            d = d[k]
+        if value is KeyError:
+            del d[last]
+        else:
+            d[last] = value
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    return str(f)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"grid.sizes": ["S", "XL"]}, ["grid.sizes[1]", "'XL'", "allowed: ['L', 'M', 'S']"]),
+    ({"grid.amounts": [1500, -5]}, ["grid.amounts[1]", "-5", "integer > 0"]),
+    ({"grid.amounts": [1500, "lots"]}, ["grid.amounts[1]", "'lots'", "must be an integer"]),
+    ({"grid.kinds": ["broad", "wide"]}, ["grid.kinds[1]", "'wide'", "['broad', 'local']"]),
+    ({"sft.epochs": KeyError}, ["missing key sft.epochs"]),
+    ({"sft.lora.rank": 8}, ["unknown key sft.lora.rank", "allowed keys here"]),
+    ({"teacher.base_url": "127.0.0.1:8000"}, ["teacher.base_url", "http(s) URL"]),
+    ({"sizes.S.num_heads": 5}, ["sizes.S.num_heads", "must divide hidden_size"]),
+])
+def test_bad_param_is_named(tmp_path, edit, expected):
+    path = params_with(tmp_path, **edit)
+    with pytest.raises(ConfigError) as e:
+        load_params(path)
+    for piece in expected:
+        assert piece in str(e.value)
+
+
+def test_default_params_load():
+    p = load_params(ROOT / "params.yaml")
+    assert p.grid.sizes and all(s in p.sizes for s in p.grid.sizes)
+
+
+def test_cli_exits_nonzero_with_one_clear_line(tmp_path):
+    path = params_with(tmp_path, **{"grid.amounts": [-1]})
+    r = run([sys.executable, "-m", "imitation_gap.report", "--params", path], tmp_path, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: params.yaml: grid.amounts[0] = -1")
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_rejects_a_size_not_in_params(world_repo):
+    r = run([sys.executable, "-m", "imitation_gap.sft", "--size", "XXL", "--kind", "broad", "--amount", "300"],
+            world_repo, check=False)
+    assert r.returncode == 2 and "--size 'XXL'" in r.stderr and "allowed" in r.stderr
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_unreachable_teacher_stops_the_stage_and_keeps_old_outputs(world_repo, tmp_path):
+    out = world_repo / "data" / "imitation"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "keep.txt").write_text("previous good output")
+    params = yaml.safe_load((world_repo / "params.yaml").read_text())
+    params["teacher"]["base_url"] = f"http://127.0.0.1:{_closed_port()}/v1"
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    r = run([sys.executable, "-m", "imitation_gap.imitate_dataset", "--params", str(bad)], world_repo, check=False)
+    assert r.returncode == 2
+    assert "teacher.base_url" in r.stderr and "cannot reach" in r.stderr
+    # nothing half-written replaced the previous output
+    assert (out / "keep.txt").read_text() == "previous good output"
+    assert not list(out.parent.glob(".imitation.*partial"))
+
+
+def test_malformed_imitation_data_is_named_with_its_line(world_repo):
+    d = world_repo / "data" / "imitation" / "broad"
+    d.mkdir(parents=True, exist_ok=True)
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (d / "300.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "bot"}]}) + "\n")
+    r = run([sys.executable, "-m", "imitation_gap.sft", "--size", "S", "--kind", "broad", "--amount", "300"],
+            world_repo, check=False)
+    assert r.returncode == 2
+    assert "300.jsonl:2" in r.stderr and "assistant" in r.stderr
+    assert not (world_repo / "models" / "sft" / "S-broad-300-s0").exists()
+
+
+def test_too_large_amount_for_the_local_pool_says_how_to_fix(world_repo, tmp_path):
+    params = yaml.safe_load((world_repo / "params.yaml").read_text())
+    params["grid"]["kinds"] = ["local"]
+    params["grid"]["amounts"] = [10_000_000]
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    r = run([sys.executable, "-m", "imitation_gap.imitate_dataset", "--params", str(bad)], world_repo, check=False)
+    assert r.returncode == 2
+    assert "grid.amounts" in r.stderr and "fetch.n_people_a" in r.stderr
+
