@@ -104,6 +104,14 @@ def contaminated(text: str, grams: set, n: int) -> bool:
     return any(tuple(words[i:i + n]) in grams for i in range(len(words) - n + 1))
 
 
+def accept(row: dict, rows: list[dict], kind: str, tok) -> int:
+    """Give ``row`` its id and token count (chat template included), append it; return its tokens."""
+    row["n_tokens"] = len(tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+    row["id"] = f"{kind}-{len(rows):06d}"
+    rows.append(row)
+    return row["n_tokens"]
+
+
 def harvest_kind(p: Params, tok, grams: set, world: World) -> tuple[list[dict], dict]:
     """Broad data from existing transcripts (imitate.harvest_path) instead of new teacher calls."""
     from .harvest import LANG_FILTERS, load_sharegpt
@@ -116,10 +124,7 @@ def harvest_kind(p: Params, tok, grams: set, world: World) -> tuple[list[dict], 
         if contaminated(text, grams, p.imitate.decontam_ngram) or any(n in text for n in b_names):
             removed += 1
             continue
-        row["n_tokens"] = len(tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
-        row["id"] = f"broad-{len(out):06d}"
-        out.append(row)
-        total += row["n_tokens"]
+        total += accept(row, out, "broad", tok)
     stats = {**stats, "rows": len(out), "tokens": total, "decontaminated": removed, "source": "harvest"}
     if total < max(p.grid.amounts):
         raise DataError(f"imitate.harvest_path = {p.imitate.harvest_path!r} holds {total} tokens after dedup and "
@@ -182,10 +187,7 @@ def build_kind(kind: str, client: LLMClient, world: World, p: Params, tok, grams
             if contaminated(user, grams, p.imitate.decontam_ngram):
                 removed += 1
                 continue
-            row["n_tokens"] = len(tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
-            row["id"] = f"{kind}-{len(rows):06d}"
-            rows.append(row)
-            tokens += row["n_tokens"]
+            tokens += accept(row, rows, kind, tok)
             if tokens >= target:
                 break
     stats = {"rows": len(rows), "tokens": tokens, "duplicates_dropped": dropped_dupes,
