@@ -1,0 +1,198 @@
+"""`dvc repro` with independent stages side by side (`make run` uses it with 2 jobs).
+
+``dvc repro`` runs the stages of a pipeline one after another.  Most of this study's
+stages are independent of each other (every (size, kind, amount, seed) cell trains and
+evaluates on its own), and each stage process spends ~10 s of one core importing torch,
+transformers, TRL and MLflow, so on a 2-core machine one stage at a time leaves a core idle.
+
+This runner asks DVC for the pipeline graph and for what changed (``dvc status``), then
+runs every changed stage and everything downstream of it, each as its own
+``dvc --wait-for-lock repro --single-item <stage>``, with up to ``--jobs`` at a time; a
+stage starts only when every stage it depends on has finished.  DVC's own locks keep this
+sound: a stage's command runs with the repository unlocked, its deps read-locked and its
+outs write-locked (``.dvc/tmp/rwlock``), and ``dvc.lock`` is written under the repository
+lock.  The result is what ``dvc repro`` gives (the same ``dvc.lock`` entries, run cache and
+MLflow runs); ``dvc status`` is clean afterwards.
+
+Each stage's output goes to ``.dvc/tmp/repro-logs/<stage>.log``; the console shows one
+line per stage and a progress bar.  On a failure no new stage starts, the running ones
+finish, and the failed stage's log tail is printed; what finished is kept, so running the
+same command again resumes.
+
+Run: ``python -m imitation_gap.parallel --jobs 2`` (targets as for ``dvc repro``:
+``python -m imitation_gap.parallel -j 2 report``).  ``--jobs 1`` is plain serial order.
+Torch threads per stage come from params (``pretrain.threads``, ``sft.threads``): keep
+jobs x threads <= cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .common import log, setup_logging
+
+LOG_DIR = Path(".dvc/tmp/repro-logs")
+
+
+@dataclass
+class Plan:
+    """Stages to run (dvc.yaml order), the upstream stages of each, and a priority."""
+
+    order: list[str]
+    needs: dict[str, set[str]]
+    priority: dict[str, tuple] = field(default_factory=dict)
+
+
+def plan(targets: list[str], force: bool = False) -> Plan:
+    """What `dvc repro <targets>` would run: changed stages and their downstream, in order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        graph = repo.index.graph  # edges go from a stage to the stages it depends on
+        stages = [s for s in repo.index.stages if s.cmd]  # data sources (data.dvc) have no command
+        by_name = {s.addressing: s for s in stages}
+        if targets:
+            wanted: set = set()
+            for t in targets:
+                for s in repo.stage.collect(t):
+                    wanted |= {s} | nx.descendants(graph, s)
+        else:
+            wanted = set(stages)
+        names = {s.addressing for s in wanted if s.cmd}
+        if force:
+            changed = set(names)
+        else:
+            changed = set(repo.status(targets=targets or None, with_deps=True)) & names
+        run = set(changed)
+        for name in changed:  # everything downstream may change with it
+            run |= {s.addressing for s in nx.ancestors(graph, by_name[name]) if s.addressing in names}
+        order = [s.addressing for s in stages if s.addressing in run]
+        needs = {n: {s.addressing for s in nx.descendants(graph, by_name[n]) if s.addressing in run}
+                 for n in order}
+    downstream = {n: 0 for n in order}
+    for n in order:
+        for u in needs[n]:
+            downstream[u] += 1
+    # stages that unblock the most work start first; ties keep dvc.yaml order
+    prio = {n: (-downstream[n], i) for i, n in enumerate(order)}
+    return Plan(order, needs, prio)
+
+
+def log_path(stage: str) -> Path:
+    return LOG_DIR / (re.sub(r"[^A-Za-z0-9@._-]+", "_", stage) + ".log")
+
+
+def dvc_cmd(stage: str, force: bool) -> list[str]:
+    dvc = Path(sys.executable).with_name("dvc")
+    exe = str(dvc) if dvc.exists() else "dvc"
+    return [exe, "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), stage]
+
+
+def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> int:
+    from tqdm import tqdm
+
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    done: set[str] = set()
+    failed: list[str] = []
+    blocked: set[str] = set()
+    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    pending = list(p.order)
+    t_start = time.time()
+    counts = {"ran": 0, "unchanged": 0}
+    shown = ""
+    bar = tqdm(total=len(p.order), unit="stage", desc="dvc repro", dynamic_ncols=True, file=sys.stderr,
+               mininterval=1.0)
+    try:
+        while pending or running:
+            stop = failed and not keep_going
+            ready = [] if stop else sorted((n for n in pending if p.needs[n] <= done), key=p.priority.get)
+            while ready and len(running) < jobs:
+                name = ready.pop(0)
+                pending.remove(name)
+                fh = open(log_path(name), "w")
+                proc = subprocess.Popen(dvc_cmd(name, force), stdout=fh, stderr=subprocess.STDOUT)
+                running[name] = (proc, time.time(), fh)
+            now = ", ".join(running) or "-"
+            if now != shown:  # the stages running now
+                bar.set_postfix_str(now, refresh=True)
+                shown = now
+            if not running:
+                if pending:  # nothing can start: failures upstream (or a stop)
+                    blocked |= set(pending)
+                    pending.clear()
+                break
+            time.sleep(0.2)
+            for name, (proc, t0, fh) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                fh.close()
+                del running[name]
+                secs = time.time() - t0
+                text = log_path(name).read_text(errors="replace")
+                if proc.returncode == 0:
+                    done.add(name)
+                    skipped = "didn't change, skipping" in text
+                    counts["unchanged" if skipped else "ran"] += 1
+                    tqdm.write(f"{'unchanged' if skipped else 'ran':>9}  {name}  ({secs:.1f} s)", file=sys.stderr)
+                else:
+                    failed.append(name)
+                    tail = "\n".join(text.splitlines()[-30:])
+                    tqdm.write(f"   FAILED  {name}  ({secs:.1f} s, exit {proc.returncode}); last lines of "
+                               f"{log_path(name)}:\n{tail}", file=sys.stderr)
+                    pending = [n for n in pending if not _downstream_of(p, n, name, blocked)]
+                bar.update(1)
+    except KeyboardInterrupt:
+        for proc, _, _ in running.values():  # DVC cleans up its stage on SIGINT
+            proc.wait()
+        raise
+    finally:
+        bar.close()
+    mins = (time.time() - t_start) / 60
+    log.info("parallel repro: %d stage(s) ran, %d unchanged, in %.1f min with %d job(s)",
+             counts["ran"], counts["unchanged"], mins, jobs)
+    if failed:
+        left = sorted(set(pending) | blocked)
+        log.error("failed: %s; not run: %d stage(s)%s. Fix the cause (see the logs in %s) and run the same "
+                  "command again: finished stages are kept in dvc.lock.", ", ".join(failed), len(left),
+                  f" ({', '.join(left[:5])}{', ...' if len(left) > 5 else ''})" if left else "", LOG_DIR)
+        return 1
+    return 0
+
+
+def _downstream_of(p: Plan, stage: str, failed: str, blocked: set[str]) -> bool:
+    if failed in p.needs[stage]:
+        blocked.add(stage)
+        return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("targets", nargs="*", help="stages as for `dvc repro` (default: the whole pipeline)")
+    ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("REPRO_JOBS", "2")),
+                    help="stages at a time (default 2, or $REPRO_JOBS)")
+    ap.add_argument("-f", "--force", action="store_true", help="run every stage, changed or not")
+    ap.add_argument("-k", "--keep-going", action="store_true",
+                    help="after a failure, go on with the stages that do not depend on it")
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1 (got {args.jobs})")
+    setup_logging()
+    p = plan(args.targets, args.force)
+    if not p.order:
+        log.info("parallel repro: nothing to run; every stage is up to date (`dvc status` is clean)")
+        return
+    log.info("parallel repro: %d stage(s) to run, %d at a time; logs in %s", len(p.order), args.jobs, LOG_DIR)
+    sys.exit(run(p, args.jobs, args.force, args.keep_going))
+
+
+if __name__ == "__main__":
+    main()

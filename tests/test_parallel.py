@@ -1,0 +1,122 @@
+"""`python -m imitation_gap.parallel` (what `make run` uses) on a small DVC pipeline of scripts.
+
+The pipeline: root -> x1, x2, x3 (independent) -> join.  Each stage's script records when it
+started and ended in its output, so the tests can see what ran side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run
+
+STAMP = '''
+import json, sys, time
+from pathlib import Path
+name, deps = sys.argv[1], sys.argv[2:]
+params = __import__("yaml").safe_load(open("params.yaml"))
+for d in deps:
+    json.loads(Path(d).read_text())  # an upstream output must be complete
+t0 = time.time()
+if Path(f"fail-{name}").exists():  # not a dep: removing it does not change the stage
+    sys.exit(f"{name}: failing on purpose (fail-{name} exists)")
+time.sleep(params["sleep"].get(name, 1.5))
+Path("out").mkdir(exist_ok=True)
+Path(f"out/{name}").write_text(json.dumps({"start": t0, "end": time.time(), "value": params["value"].get(name, 0)}))
+'''
+
+
+def stage(name: str, deps: list[str]) -> dict:
+    return {"cmd": f"python stamp.py {name} {' '.join(deps)}".strip(), "deps": ["stamp.py", *deps],
+            "params": [f"value.{name}"], "outs": [f"out/{name}"]}
+
+
+@pytest.fixture
+def dag(tmp_path: Path) -> Path:
+    repo = tmp_path / "dag"
+    repo.mkdir()
+    (repo / "stamp.py").write_text(STAMP)
+    names = ["root", "x1", "x2", "x3", "join"]
+    (repo / "params.yaml").write_text(yaml.safe_dump({"sleep": {"root": 0.2, "join": 0.2},
+                                                      "value": {n: 0 for n in names}}))
+    xs = [f"out/x{i}" for i in (1, 2, 3)]
+    stages = {"root": stage("root", []), **{f"x{i}": stage(f"x{i}", ["out/root"]) for i in (1, 2, 3)},
+              "join": stage("join", xs)}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    run("git init -q -b main && git config user.email t@t && git config user.name t && dvc init -q && "
+        "git add -A && git commit -qm init", repo)
+    return repo
+
+
+def parallel(repo: Path, *args: str, check: bool = True):
+    return run([sys.executable, "-m", "imitation_gap.parallel", *args], repo, check=check)
+
+
+def stamps(repo: Path) -> dict:
+    return {p.name: json.loads(p.read_text()) for p in (repo / "out").iterdir() if not p.name.startswith(".")}
+
+
+def ran(stderr: str) -> set[str]:
+    return {line.split()[1] for line in stderr.splitlines() if line.strip().startswith("ran ")}
+
+
+def test_independent_stages_run_side_by_side_and_dvc_agrees(dag):
+    r = parallel(dag, "-j", "2")
+    assert ran(r.stderr) == {"root", "x1", "x2", "x3", "join"}
+    t = stamps(dag)
+    xs = [t[f"x{i}"] for i in (1, 2, 3)]
+    # order: root before every x, every x before join
+    assert all(x["start"] >= t["root"]["end"] for x in xs)
+    assert t["join"]["start"] >= max(x["end"] for x in xs)
+    # two jobs: some pair of the x's overlapped in time, and never three at once
+    overlaps = [(a, b) for i, a in enumerate(xs) for b in xs[i + 1:] if a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlaps
+    assert not all(x["start"] < min(y["end"] for y in xs) for x in xs)
+    # DVC sees the same state as after `dvc repro`: nothing changed, nothing to run
+    assert "up to date" in run(["dvc", "status"], dag).stdout
+    assert "Running stage" not in run(["dvc", "repro"], dag).stdout
+    lock = yaml.safe_load((dag / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"root", "x1", "x2", "x3", "join"}
+    # a second run has nothing to do
+    again = parallel(dag, "-j", "2")
+    assert "nothing to run" in again.stderr and not ran(again.stderr)
+
+
+def test_a_changed_param_reruns_that_stage_and_downstream_only(dag):
+    parallel(dag, "-j", "2")
+    params = yaml.safe_load((dag / "params.yaml").read_text())
+    params["value"]["x2"] = 7
+    (dag / "params.yaml").write_text(yaml.safe_dump(params))
+    r = parallel(dag, "-j", "2")
+    assert ran(r.stderr) == {"x2", "join"}
+    assert stamps(dag)["x2"]["value"] == 7
+    # targets: only what `dvc repro x1` would consider (x1 and root are up to date)
+    assert "nothing to run" in parallel(dag, "x1").stderr
+
+
+def test_a_failure_stops_its_downstream_keeps_the_rest_and_says_where_to_look(dag):
+    params = yaml.safe_load((dag / "params.yaml").read_text())
+    (dag / "fail-x3").touch()
+    params["sleep"]["x1"] = params["sleep"]["x2"] = 0.2
+    (dag / "params.yaml").write_text(yaml.safe_dump(params))
+    r = parallel(dag, "-j", "1", "--keep-going", check=False)
+    assert r.returncode == 1
+    assert "FAILED  x3" in r.stderr and "failing on purpose" in r.stderr  # the log's tail is shown
+    assert "repro-logs" in r.stderr and "run the same command again" in r.stderr
+    assert ran(r.stderr) == {"root", "x1", "x2"}  # --keep-going: the x's that do not depend on x3 ran
+    assert not (dag / "out" / "join").exists()
+    lock = yaml.safe_load((dag / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"root", "x1", "x2"}
+    # fixed, the same command resumes: only x3 and join run
+    (dag / "fail-x3").unlink()
+    assert ran(parallel(dag, "-j", "2").stderr) == {"x3", "join"}
+
+
+def test_bad_jobs_is_a_clear_error(dag):
+    r = parallel(dag, "-j", "0", check=False)
+    assert r.returncode == 2 and "--jobs must be at least 1" in r.stderr
