@@ -82,6 +82,10 @@ def test_independent_stages_run_side_by_side_and_dvc_agrees(dag):
     assert "Running stage" not in run(["dvc", "repro"], dag).stdout
     lock = yaml.safe_load((dag / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"root", "x1", "x2", "x3", "join"}
+    # per-stage wall and CPU seconds for make bench
+    summary = json.loads((dag / ".dvc" / "tmp" / "repro-logs" / "summary.json").read_text())
+    assert summary["jobs"] == 2 and set(summary["stages"]) == {"root", "x1", "x2", "x3", "join"}
+    assert all(v["state"] == "ran" and v["cpu_s"] > 0 and v["wall_s"] >= 0.2 for v in summary["stages"].values())
     # a second run has nothing to do
     again = parallel(dag, "-j", "2")
     assert "nothing to run" in again.stderr and not ran(again.stderr)
@@ -120,3 +124,30 @@ def test_a_failure_stops_its_downstream_keeps_the_rest_and_says_where_to_look(da
 def test_bad_jobs_is_a_clear_error(dag):
     r = parallel(dag, "-j", "0", check=False)
     assert r.returncode == 2 and "--jobs must be at least 1" in r.stderr
+
+
+def test_sigterm_stops_the_running_stages_and_the_next_run_resumes(dag):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import env
+
+    params = yaml.safe_load((dag / "params.yaml").read_text())
+    params["sleep"].update({"x1": 60, "x2": 60, "x3": 0.2})
+    (dag / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.parallel", "-j", "2"], cwd=dag, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (dag / "out" / "root").exists():
+        time.sleep(0.2)
+    time.sleep(4)  # x1 and x2 are sleeping now
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - t < 30, err
+    assert "interrupted" in err and "resume" in err
+    assert not (dag / "out" / "x1").exists() and not (dag / "out" / "join").exists()
+    params["sleep"].update({"x1": 0.2, "x2": 0.2})
+    (dag / "params.yaml").write_text(yaml.safe_dump(params))
+    assert ran(parallel(dag, "-j", "2").stderr) >= {"x1", "x2", "join"}

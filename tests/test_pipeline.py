@@ -1,9 +1,10 @@
-"""End to end: `dvc repro` and `dvc exp run` on tiny params in a temp git repo."""
+"""End to end: `make run`'s runner, `dvc repro` and `dvc exp run` on tiny params in a temp git repo."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 
 import pytest
@@ -15,9 +16,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
+    """The whole tiny pipeline as `make run` runs it: two stages at a time."""
     repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    r = run(["dvc", "repro"], repo)
-    return repo, r.stdout
+    r = run([sys.executable, "-m", "imitation_gap.parallel", "--jobs", "2"], repo)
+    return repo, r.stderr
 
 
 def test_repro_writes_every_run_summary_and_report(repro):
@@ -57,6 +59,7 @@ def test_models_are_safetensors_and_imitation_data_is_clean(repro):
 
 
 def test_second_repro_does_nothing_and_status_is_clean(repro):
+    """What the runner leaves is what `dvc repro` would: nothing to run, and the same models."""
     repo, _ = repro
     r = run(["dvc", "repro"], repo)
     assert "Running stage" not in r.stdout
@@ -65,14 +68,29 @@ def test_second_repro_does_nothing_and_status_is_clean(repro):
 
 
 def test_mlflow_has_one_run_per_stage_execution(repro):
-    repo, stdout = repro
-    executed = stdout.count("Running stage")
+    repo, stderr = repro
+    executed = sum(line.strip().startswith("ran ") for line in stderr.splitlines())
+    assert executed == 16  # fetch, imitate-dataset, 2 base, 4 sft, 7 evals, report
     con = sqlite3.connect(repo / "mlflow.db")
     n = con.execute("select count(*) from runs").fetchone()[0]
     tags = dict(con.execute("select key, value from tags where key in ('git_commit', 'stage') limit 2").fetchall())
     con.close()
     assert n == executed
     assert len(tags.get("git_commit", "")) == 40
+
+
+def test_a_cell_run_alone_and_serially_gives_the_same_model_and_metrics(repro):
+    """Stages that ran side by side computed what `dvc repro` of that stage alone computes."""
+    repo, _ = repro
+    model = repo / "models" / "sft" / "S-local-300-s0" / "model.safetensors"
+    metrics = repo / "metrics" / "runs" / "S-local-300-s0.json"
+
+    def untimed() -> dict:
+        return {k: v for k, v in json.loads(metrics.read_text()).items() if k != "seconds"}
+
+    before = (model.read_bytes(), untimed())
+    run(["dvc", "repro", "--force", "--single-item", "sft@S-local-300-0", "eval-sft@S-local-300-0"], repo)
+    assert (model.read_bytes(), untimed()) == before
 
 
 def test_exp_run_new_amount_runs_only_new_cells(repro):

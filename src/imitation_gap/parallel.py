@@ -15,7 +15,8 @@ lock.  The result is what ``dvc repro`` gives (the same ``dvc.lock`` entries, ru
 MLflow runs); ``dvc status`` is clean afterwards.
 
 Each stage's output goes to ``.dvc/tmp/repro-logs/<stage>.log``; the console shows one
-line per stage and a progress bar.  On a failure no new stage starts, the running ones
+line per stage and a progress bar; ``summary.json`` beside the logs holds each stage's
+wall and CPU seconds (``make bench`` reads it).  On a failure no new stage starts, the running ones
 finish, and the failed stage's log tail is printed; what finished is kept, so running the
 same command again resumes.
 
@@ -28,15 +29,17 @@ jobs x threads <= cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import log, setup_logging
+from .common import log, setup_logging, write_json
 
 LOG_DIR = Path(".dvc/tmp/repro-logs")
 
@@ -108,6 +111,7 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> in
     t_start = time.time()
     counts = {"ran": 0, "unchanged": 0}
     shown = ""
+    times: dict[str, dict] = {}
     bar = tqdm(total=len(p.order), unit="stage", desc="dvc repro", dynamic_ncols=True, file=sys.stderr,
                mininterval=1.0)
     try:
@@ -118,7 +122,9 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> in
                 name = ready.pop(0)
                 pending.remove(name)
                 fh = open(log_path(name), "w")
-                proc = subprocess.Popen(dvc_cmd(name, force), stdout=fh, stderr=subprocess.STDOUT)
+                # own process group: an interrupt of this runner is passed on to it below
+                proc = subprocess.Popen(dvc_cmd(name, force), stdout=fh, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
                 running[name] = (proc, time.time(), fh)
             now = ", ".join(running) or "-"
             if now != shown:  # the stages running now
@@ -131,31 +137,46 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> in
                 break
             time.sleep(0.2)
             for name, (proc, t0, fh) in list(running.items()):
-                if proc.poll() is None:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # CPU of dvc and the stage's command
+                if pid == 0:
                     continue
+                proc.returncode = os.waitstatus_to_exitcode(status)
                 fh.close()
                 del running[name]
                 secs = time.time() - t0
                 text = log_path(name).read_text(errors="replace")
                 if proc.returncode == 0:
                     done.add(name)
-                    skipped = "didn't change, skipping" in text
-                    counts["unchanged" if skipped else "ran"] += 1
-                    tqdm.write(f"{'unchanged' if skipped else 'ran':>9}  {name}  ({secs:.1f} s)", file=sys.stderr)
+                    state = "unchanged" if "didn't change, skipping" in text else "ran"
+                    tqdm.write(f"{state:>9}  {name}  ({secs:.1f} s)", file=sys.stderr)
                 else:
+                    state = "failed"
                     failed.append(name)
                     tail = "\n".join(text.splitlines()[-30:])
                     tqdm.write(f"   FAILED  {name}  ({secs:.1f} s, exit {proc.returncode}); last lines of "
                                f"{log_path(name)}:\n{tail}", file=sys.stderr)
                     pending = [n for n in pending if not _downstream_of(p, n, name, blocked)]
+                counts[state] = counts.get(state, 0) + 1
+                times[name] = {"state": state, "start_s": round(t0 - t_start, 2), "wall_s": round(secs, 2),
+                               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
                 bar.update(1)
-    except KeyboardInterrupt:
-        for proc, _, _ in running.values():  # DVC cleans up its stage on SIGINT
-            proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the running stages as Ctrl-C stops `dvc repro`
+        for proc, _, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+        for name, (proc, _, _) in running.items():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.error("interrupted: %s stopped; run the same command again to resume", name)
         raise
     finally:
         bar.close()
-    mins = (time.time() - t_start) / 60
+    wall = time.time() - t_start
+    mins = wall / 60
+    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "wall_s": round(wall, 2), "stages": times,
+                                          "not_run": sorted(set(pending) | blocked)})
     log.info("parallel repro: %d stage(s) ran, %d unchanged, in %.1f min with %d job(s)",
              counts["ran"], counts["unchanged"], mins, jobs)
     if failed:
@@ -186,12 +207,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1 (got {args.jobs})")
     setup_logging()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the stages as Ctrl-C does
     p = plan(args.targets, args.force)
     if not p.order:
         log.info("parallel repro: nothing to run; every stage is up to date (`dvc status` is clean)")
         return
     log.info("parallel repro: %d stage(s) to run, %d at a time; logs in %s", len(p.order), args.jobs, LOG_DIR)
-    sys.exit(run(p, args.jobs, args.force, args.keep_going))
+    try:
+        code = run(p, args.jobs, args.force, args.keep_going)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":
