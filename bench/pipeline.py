@@ -4,14 +4,16 @@ Method: a temporary git + DVC copy of this repository (as ``tests/conftest.py`` 
 one) with tiny models and data (the ``TINY`` params below), so that every stage's wall
 time is almost all fixed cost: process start-up (imports), MLflow, DVC's own work
 (hashing, lock file, checkout).  A stage's time is the time between DVC's
-"Running stage" lines (the last stage: until `dvc repro` exits).  Then `dvc exp run -S`
-with one more amount, one more seed, and one changed eval param, each timed whole, with
-the stages it ran.  Start-up: each stage's imports in a fresh `python -c`, and DVC's no-op
+"Running stage" lines (the last stage: until `dvc repro` exits).  Then the same grid with
+`make run`'s runner (``python -m imitation_gap.parallel --jobs 2 --force``: two stages at a
+time), and `dvc exp run -S` with one changed eval param, one more seed and one more amount,
+each from the committed baseline and timed whole, with the stages it ran.  Start-up: each stage's imports in a fresh `python -c`, and DVC's no-op
 (`dvc status`, `dvc repro` with everything up to date).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import resource
 import shutil
@@ -136,16 +138,28 @@ def run_pipeline(tmp: Path, reps_noop: int = 3) -> dict:
     out["status"] = {"wall": median(w for w, _ in status), "cpu": median(c for _, c in status)}
     say(f"pipeline: dvc repro (nothing to do) {out['noop_repro']['wall']:.2f} s, dvc status "
         f"{out['status']['wall']:.2f} s")
+    say("pipeline: the same grid again with `make run`'s runner (python -m imitation_gap.parallel --jobs 2 --force)")
+    out["parallel"] = timed_parallel(repo, jobs=2)
+    sh("git add -A && git commit -qm parallel", repo)
     changes = [("change an eval param", ["eval.pref_max_new_tokens=12"]),
                ("add one seed", ["grid.seeds=[0,1]"]),
                ("add one amount", ["grid.amounts=[300,600]"])]
     out["exp"] = {}
-    for label, sets in changes:
+    for label, sets in changes:  # each from the committed baseline
         say(f"pipeline: dvc exp run: {label}")
         args = ["exp", "run"] + [a for s in sets for a in ("-S", s)]
         out["exp"][label] = timed_dvc(args, repo)
         out["exp"][label]["set"] = sets
+        sh("git reset -q --hard && dvc checkout -q --force", repo)
     return out
+
+
+def timed_parallel(repo: Path, jobs: int) -> dict:
+    """`python -m imitation_gap.parallel --force`: total wall, CPU, and its per-stage summary.json."""
+    wall, cpu = _timed_cmd([sys.executable, "-m", "imitation_gap.parallel", "--jobs", str(jobs), "--force"], repo)
+    summary = json.loads((repo / ".dvc" / "tmp" / "repro-logs" / "summary.json").read_text())
+    say(f"pipeline: parallel --jobs {jobs}: {wall:.1f} s wall, {cpu:.1f} s CPU")
+    return {"jobs": jobs, "total": wall, "cpu": cpu, "stages": summary["stages"]}
 
 
 def run(tmp: Path, reps: int, quick: bool = False) -> dict:
