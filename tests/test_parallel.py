@@ -134,7 +134,7 @@ def test_sigterm_stops_the_running_stages_and_the_next_run_resumes(dag):
     from conftest import env
 
     params = yaml.safe_load((dag / "params.yaml").read_text())
-    params["sleep"].update({"x1": 60, "x2": 60, "x3": 0.2})
+    params["sleep"].update({"x1": 300, "x2": 300, "x3": 0.2})
     (dag / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.parallel", "-j", "2"], cwd=dag, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -142,10 +142,9 @@ def test_sigterm_stops_the_running_stages_and_the_next_run_resumes(dag):
     while time.time() < deadline and not (dag / "out" / "root").exists():
         time.sleep(0.2)
     time.sleep(4)  # x1 and x2 are sleeping now
-    t = time.time()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.time() - t < 30, err
+    _, err = proc.communicate(timeout=60)  # the stages sleep 300 s: this returns only if they were stopped
+    assert proc.returncode == 130, err
     assert "interrupted" in err and "resume" in err
     assert not (dag / "out" / "x1").exists() and not (dag / "out" / "join").exists()
     params["sleep"].update({"x1": 0.2, "x2": 0.2})
