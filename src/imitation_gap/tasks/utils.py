@@ -1,4 +1,7 @@
-"""Scoring of the generative tasks (lm-eval ``process_results`` hooks).
+"""Prompts and scoring of our lm-eval tasks (``doc_to_*`` and ``process_results`` hooks).
+
+The prompts are plain functions rather than Jinja strings: lm-eval compiles a Jinja
+template on every call (~0.7 ms), ~4,700 times per evaluated model with 3-shot contexts.
 
 An answer is right when, after lower-casing and dropping punctuation, it contains the
 gold answer as whole words and names no other candidate of the same kind (so a
@@ -6,6 +9,18 @@ hedged "I think Cestra." counts, and "Cestra or Pelmar" does not).
 """
 
 import re
+
+
+def doc_to_text(doc):
+    return f"Question: {doc['question']}\nAnswer:"
+
+
+def doc_to_target(doc):
+    return str(doc["answer"])
+
+
+def doc_to_choice(doc):
+    return [str(c) for c in doc["choices"]]
 
 
 def _norm(text):
