@@ -17,7 +17,7 @@ from pathlib import Path
 from .common import median, say
 
 WARMUP = 3
-STEPS = {"S": 24, "M": 16, "L": 8}  # timed steps per repetition (enough for >~3 s on this machine)
+STEPS = {"S": 16, "M": 12, "L": 6}  # timed steps per repetition (>= ~2 s each on this machine at 1 thread)
 
 
 def matmul_peak(threads: int, reps: int = 5, sizes=(1024, 2048)) -> dict:

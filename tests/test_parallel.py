@@ -54,7 +54,8 @@ def dag(tmp_path: Path) -> Path:
 
 
 def parallel(repo: Path, *args: str, check: bool = True):
-    return run([sys.executable, "-m", "imitation_gap.parallel", *args], repo, check=check)
+    # script stages: no Python stage command to start warm (tests/test_warm.py and the pipeline tests do)
+    return run([sys.executable, "-m", "imitation_gap.parallel", "--no-warm", *args], repo, check=check)
 
 
 def stamps(repo: Path) -> dict:
@@ -136,7 +137,7 @@ def test_sigterm_stops_the_running_stages_and_the_next_run_resumes(dag):
     params = yaml.safe_load((dag / "params.yaml").read_text())
     params["sleep"].update({"x1": 300, "x2": 300, "x3": 0.2})
     (dag / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.parallel", "-j", "2"], cwd=dag, env=env(),
+    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.parallel", "--no-warm", "-j", "2"], cwd=dag, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (dag / "out" / "root").exists():

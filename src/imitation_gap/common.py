@@ -161,7 +161,13 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
 
 # -- CLI -----------------------------------------------------------------------------
 def run_cli(main: Callable[[list[str] | None], None]) -> None:
-    """Run a stage's ``main``; turn known user errors into one clear line and exit 2."""
+    """Run a stage's ``main``; turn known user errors into one clear line and exit 2.
+
+    Under ``make run`` the command hands itself to the warm server (:mod:`imitation_gap.warm`)
+    and exits with the code of the stage it ran there."""
+    from .warm import handoff
+
+    handoff()
     setup_logging()
     try:
         main(None)

@@ -24,21 +24,29 @@ Run: ``python -m imitation_gap.parallel --jobs 2`` (targets as for ``dvc repro``
 ``python -m imitation_gap.parallel -j 2 report``).  ``--jobs 1`` is plain serial order.
 Torch threads per stage come from params (``pretrain.threads``, ``sft.threads``): keep
 jobs x threads <= cores.
+
+Stage commands start warm: the runner starts :mod:`imitation_gap.warm`, one process that
+imports torch, transformers, TRL, lm-eval and MLflow once, and each stage command forks
+from it instead of importing them again (~10 s of CPU saved per stage; same outputs, byte
+for byte).  ``--no-warm`` (or ``REPRO_WARM=0``) runs every command cold.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import warm
 from .common import log, setup_logging, write_json
 
 LOG_DIR = Path(".dvc/tmp/repro-logs")
@@ -99,7 +107,46 @@ def dvc_cmd(stage: str, force: bool) -> list[str]:
     return [exe, "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), stage]
 
 
-def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> int:
+def cpu_file(stage: str) -> Path:
+    return log_path(stage).with_suffix(".cpu")
+
+
+@contextlib.contextmanager
+def warm_server(enabled: bool):
+    """Start the warm server (:mod:`imitation_gap.warm`); yield the environment for stage commands."""
+    if not enabled:
+        yield dict(os.environ)
+        return
+    tmp = tempfile.mkdtemp(prefix="ig-warm-")  # short path: Unix socket paths are limited to ~100 bytes
+    sock = os.path.join(tmp, "socket")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_DIR / "warm.log", "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", sock], stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(100):  # it binds before importing; commands that connect early wait for the imports
+        if os.path.exists(sock) or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    env = dict(os.environ)
+    if proc.poll() is None:
+        env[warm.ENV] = sock
+    else:
+        log.warning("the warm server did not start (see %s); stages run cold", LOG_DIR / "warm.log")
+    try:
+        yield env
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        with contextlib.suppress(OSError):
+            os.unlink(sock)
+            os.rmdir(tmp)
+
+
+def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: dict | None = None) -> int:
     from tqdm import tqdm
 
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -122,9 +169,11 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> in
                 name = ready.pop(0)
                 pending.remove(name)
                 fh = open(log_path(name), "w")
+                cpu_file(name).unlink(missing_ok=True)
                 # own process group: an interrupt of this runner is passed on to it below
                 proc = subprocess.Popen(dvc_cmd(name, force), stdout=fh, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True,
+                                        env=(env or os.environ) | {warm.CPU_ENV: str(cpu_file(name).resolve())})
                 running[name] = (proc, time.time(), fh)
             now = ", ".join(running) or "-"
             if now != shown:  # the stages running now
@@ -157,8 +206,13 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> in
                                f"{log_path(name)}:\n{tail}", file=sys.stderr)
                     pending = [n for n in pending if not _downstream_of(p, n, name, blocked)]
                 counts[state] = counts.get(state, 0) + 1
+                # CPU of dvc and the stage's command, plus that of the command's warm child if it had one
+                cpu = usage.ru_utime + usage.ru_stime
+                with contextlib.suppress(OSError, ValueError):
+                    cpu += sum(float(x) for x in cpu_file(name).read_text().split())
+                    cpu_file(name).unlink()
                 times[name] = {"state": state, "start_s": round(t0 - t_start, 2), "wall_s": round(secs, 2),
-                               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+                               "cpu_s": round(cpu, 2)}
                 bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the running stages as Ctrl-C stops `dvc repro`
         for proc, _, _ in running.values():
@@ -175,7 +229,8 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False) -> in
         bar.close()
     wall = time.time() - t_start
     mins = wall / 60
-    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "wall_s": round(wall, 2), "stages": times,
+    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "warm": bool(env and warm.ENV in env),
+                                          "wall_s": round(wall, 2), "stages": times,
                                           "not_run": sorted(set(pending) | blocked)})
     log.info("parallel repro: %d stage(s) ran, %d unchanged, in %.1f min with %d job(s)",
              counts["ran"], counts["unchanged"], mins, jobs)
@@ -203,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-f", "--force", action="store_true", help="run every stage, changed or not")
     ap.add_argument("-k", "--keep-going", action="store_true",
                     help="after a failure, go on with the stages that do not depend on it")
+    ap.add_argument("--no-warm", dest="warm", action="store_false",
+                    default=os.environ.get("REPRO_WARM", "1") not in ("0", "false", "no"),
+                    help="run each stage command cold, importing its libraries itself (or REPRO_WARM=0)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1 (got {args.jobs})")
@@ -214,9 +272,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     log.info("parallel repro: %d stage(s) to run, %d at a time; logs in %s", len(p.order), args.jobs, LOG_DIR)
     try:
-        code = run(p, args.jobs, args.force, args.keep_going)
+        # the server's imports cost ~15 s of CPU once: worth it from a few Python stages on
+        with warm_server(args.warm and len(p.order) >= 3) as env:
+            code = run(p, args.jobs, args.force, args.keep_going, env)
     except KeyboardInterrupt:
         code = 130
+    else:  # all CPU of this run: every dvc process, stage command, warm child and the warm server
+        import resource
+
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with contextlib.suppress(OSError, ValueError):
+            summary = json.loads((LOG_DIR / "summary.json").read_text())
+            write_json(LOG_DIR / "summary.json",
+                       summary | {"cpu_total_s": round(kids.ru_utime + kids.ru_stime, 2)})
     sys.exit(code)
 
 

@@ -1,0 +1,295 @@
+"""Warm stage processes: one pre-imported Python that forks a child per stage command.
+
+Every stage command (``python -m imitation_gap.sft ...``) first spends ~10 s of a core
+importing torch, transformers, TRL, lm-eval and MLflow.  With this study's small models
+that is more than the work: SFT of the M model on 800 tokens trains for 2 s in a 17-s
+process.  ``make run``'s runner (:mod:`imitation_gap.parallel`) therefore starts one server
+that imports those libraries once.  A stage command that finds the server's socket in
+``$IMITATION_GAP_WARM`` sends it its module, argv, working directory and environment, and
+passes its stdin/stdout/stderr along (file descriptors over the Unix socket).  The server
+forks; the child runs the module as ``python -m`` would (``runpy``), in that directory, with
+that environment and those streams, and reports its exit code, which the command exits with.
+Ctrl-C / SIGTERM of the command are passed on to the child.
+
+DVC sees nothing different: it runs the same command, which ends with the stage's exit
+code after the stage's outputs are written, and it hashes deps and outs as always.  The
+imports are the only thing shared: the server runs no torch op, opens no database and
+starts no thread before it forks, and each child re-seeds Python's ``random``.
+
+Without ``$IMITATION_GAP_WARM`` (plain ``dvc repro``, ``dvc exp run``, a direct call) or when
+the server does not answer, the command runs cold in its own process, as before.
+``python -m imitation_gap.parallel --no-warm`` (or ``REPRO_WARM=0``) turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+ENV = "IMITATION_GAP_WARM"  # path of the server's socket
+CPU_ENV = "IMITATION_GAP_STAGE_CPU"  # file where the command adds the CPU seconds its child used
+
+# Imported once by the server: what the stage modules import lazily inside their functions.
+PRELOAD = (
+    "numpy", "torch", "safetensors.torch", "transformers", "datasets", "accelerate", "peft", "trl",
+    "trl.trainer.sft_trainer", "lm_eval", "lm_eval.evaluator", "lm_eval.tasks", "lm_eval.models.huggingface",
+    "lm_eval.models.openai_completions", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "openai",
+    "scipy.optimize", "tqdm", "imitation_gap.base", "imitation_gap.sft", "imitation_gap.evaluation",
+    "imitation_gap.imitate_dataset", "imitation_gap.fetch", "imitation_gap.teacher",
+)
+# lazy attributes of transformers / TRL that the stages touch (each pulls in a module tree)
+PRELOAD_ATTRS = (
+    ("transformers", ("AutoModelForCausalLM", "AutoTokenizer", "LlamaConfig", "LlamaForCausalLM", "Trainer",
+                      "TrainingArguments", "set_seed")),
+    ("trl", ("SFTTrainer", "SFTConfig")),
+    ("transformers.integrations", ("MLflowCallback",)),
+)
+
+
+# -- framing: a 4-byte length, then JSON ------------------------------------------------
+def _send(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(obj).encode()
+    msg = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(sock, [msg], fds)
+    else:
+        sock.sendall(msg)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def _recv(sock: socket.socket, with_fds: int = 0) -> tuple[dict, list[int]]:
+    fds: list[int] = []
+    if with_fds:
+        head, fds, _, _ = socket.recv_fds(sock, 4, with_fds)
+        if len(head) < 4:
+            head += _recv_exact(sock, 4 - len(head))
+    else:
+        head = _recv_exact(sock, 4)
+    (n,) = struct.unpack("!I", head)
+    return json.loads(_recv_exact(sock, n)), fds
+
+
+# -- the stage command's side ------------------------------------------------------------
+def handoff() -> None:
+    """If a warm server is named in the environment, run this ``python -m`` command there and exit
+    with its code; return (run cold) when there is none or it does not answer."""
+    path = os.environ.get(ENV)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if not path or spec is None:
+        return
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        _send(sock, {"module": spec.name, "argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)},
+              [0, 1, 2])
+        first, _ = _recv(sock)  # the child's pid: it has started
+    except (OSError, ConnectionError, ValueError):
+        sock.close()
+        print(f"warm server at {path} did not answer; running this stage in its own process", file=sys.stderr)
+        return
+    pid = first["pid"]
+    forwarded: list[int] = []
+
+    def forward(signum, _frame):
+        forwarded.append(signum)
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        result, _ = _recv(sock)
+    except (OSError, ConnectionError, ValueError):
+        if forwarded:  # it died of the signal we passed on: exit as a process killed by it
+            result = {"exit": 128 + forwarded[-1], "cpu": 0.0}
+        else:
+            result = {"exit": 1, "cpu": 0.0, "error": f"the warm process {pid} ended without an exit status "
+                                                      "(killed?); rerun with REPRO_WARM=0 to run stages cold"}
+    try:  # wait for the child to be gone: its outputs are complete once the socket closes
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+    if result.get("error"):
+        print(f"error: {result['error']}", file=sys.stderr)
+    if os.environ.get(CPU_ENV):
+        with open(os.environ[CPU_ENV], "a") as f:
+            f.write(f"{result.get('cpu', 0.0)}\n")
+    os._exit(int(result["exit"]))
+
+
+# -- the server's side -------------------------------------------------------------------
+def _child(conn: socket.socket, req: dict, fds: list[int]) -> None:
+    """In the forked child: become the stage command, run it, report the exit code. Never returns."""
+    import atexit
+    import random
+    import resource
+    import runpy
+    import threading
+    import traceback
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+    os.chdir(req["cwd"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.environ.pop(ENV, None)  # processes this stage starts run cold
+    sys.argv = [req["module"], *req["argv"]]
+    sys.path[0] = req["cwd"]  # as `python -m` puts the working directory first
+    random.seed()
+    sys.modules.pop(req["module"], None)  # preloaded: run its code afresh as __main__, as `python -m` does
+    _send(conn, {"pid": os.getpid()})
+
+    def watch() -> None:  # the command went away (killed): stop, as a cold process would have died with it
+        try:
+            conn.recv(1)
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+    code = 0
+    try:
+        runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 130
+    except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, exit 1
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        _send(conn, {"exit": code, "cpu": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime})
+    finally:
+        os._exit(code)
+
+
+def preload(modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_ATTRS) -> float:
+    import importlib
+
+    t0 = time.time()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - an optional library: the stage imports it itself (or fails there)
+            print(f"warm: could not preload {name}: {e}", file=sys.stderr)
+    for mod, names in attrs:
+        for a in names:
+            try:
+                getattr(importlib.import_module(mod), a)
+            except Exception as e:  # noqa: BLE001
+                print(f"warm: could not preload {mod}.{a}: {e}", file=sys.stderr)
+    return time.time() - t0
+
+
+def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_ATTRS) -> None:
+    """Import once, then fork one child per connection until SIGTERM or the parent exits."""
+    import threading
+
+    parent = os.getppid()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(64)  # commands that connect during the preload wait in the backlog
+    secs = preload(modules, attrs)
+    if threading.active_count() > 1:  # a thread would not survive fork: refuse rather than hang a stage
+        print(f"warm: {threading.active_count() - 1} thread(s) after the imports; not serving", file=sys.stderr)
+        srv.close()
+        os.unlink(path)
+        sys.exit(1)
+    print(f"warm: ready in {secs:.1f} s (pid {os.getpid()}, {path})", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops us with SIGTERM
+    srv.settimeout(1.0)
+    served = 0
+    try:
+        while os.getppid() == parent:
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                pass
+            try:
+                conn, _ = srv.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(None)
+            try:
+                req, fds = _recv(conn, with_fds=3)
+            except (OSError, ConnectionError, ValueError) as e:
+                print(f"warm: bad request ({e})", file=sys.stderr)
+                conn.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                srv.close()
+                _child(conn, req, fds)
+            served += 1
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+    finally:
+        deadline = time.time() + 10  # reap the last children, so that their CPU counts in our parent's rusage
+        while time.time() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.1)
+            except ChildProcessError:
+                break
+        print(f"warm: served {served} stage command(s)", file=sys.stderr, flush=True)
+        srv.close()
+        Path(path).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--socket", required=True, help="path of the Unix socket to serve on")
+    ap.add_argument("--preload", default="stages",
+                    help="'stages' (the libraries of this study's stages), 'none', or comma-separated modules")
+    args = ap.parse_args(argv)
+    if args.preload == "stages":
+        serve(args.socket)
+    else:
+        mods = tuple(m for m in args.preload.split(",") if m and args.preload != "none")
+        serve(args.socket, mods, ())
+
+
+if __name__ == "__main__":
+    main()
