@@ -121,7 +121,8 @@ def warm_server(enabled: bool):
     sock = os.path.join(tmp, "socket")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOG_DIR / "warm.log", "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", sock], stdout=fh,
+        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", sock,
+                                 "--parent-pid", str(os.getpid())], stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(100):  # it binds before importing; commands that connect early wait for the imports
         if os.path.exists(sock) or proc.poll() is not None:

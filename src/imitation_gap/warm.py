@@ -218,11 +218,22 @@ def preload(modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_ATTRS) ->
     return time.time() - t0
 
 
-def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_ATTRS) -> None:
-    """Import once, then fork one child per connection until SIGTERM or the parent exits."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_ATTRS,
+          parent: int | None = None) -> None:
+    """Import once, then fork one child per connection until SIGTERM or ``parent`` (default: ours) exits."""
     import threading
 
-    parent = os.getppid()
+    parent = parent or os.getppid()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(64)  # commands that connect during the preload wait in the backlog
@@ -238,7 +249,7 @@ def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_
     srv.settimeout(1.0)
     served = 0
     try:
-        while os.getppid() == parent:
+        while _alive(parent):
             try:
                 while os.waitpid(-1, os.WNOHANG)[0]:
                     pass
@@ -283,12 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--socket", required=True, help="path of the Unix socket to serve on")
     ap.add_argument("--preload", default="stages",
                     help="'stages' (the libraries of this study's stages), 'none', or comma-separated modules")
+    ap.add_argument("--parent-pid", type=int, default=None,
+                    help="exit when this process exits (default: the process that started the server)")
     args = ap.parse_args(argv)
     if args.preload == "stages":
-        serve(args.socket)
+        serve(args.socket, parent=args.parent_pid)
     else:
         mods = tuple(m for m in args.preload.split(",") if m and args.preload != "none")
-        serve(args.socket, mods, ())
+        serve(args.socket, mods, (), parent=args.parent_pid)
 
 
 if __name__ == "__main__":
