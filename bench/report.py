@@ -151,7 +151,7 @@ def evaluation(res: dict) -> str:
               "model loaded outside the timing, median of " + f"{res['reps']}:", ""]
     base = e["batch"].get("32", next(iter(e["batch"].values())))["s"]
     s.append(_table(["batch size", "seconds", "range", "vs batch 32"],
-                    [[k, _f(v["s"], 2), _rng(v["runs"]), f"{base / v['s']:.2f}× speed"] for k, v in e["batch"].items()]))
+                    [[k, _f(v["s"], 2), _rng(v["runs"]), f"{base / v['s']:.2f}× speed"] for k, v in sorted(e["batch"].items(), key=lambda kv: int(kv[0]))]))
     return "\n".join(s)
 
 
@@ -180,6 +180,16 @@ def pipeline(res: dict) -> str:
     rows.append(["DVC before the first stage", _f(rp["before_first_stage"], 1)])
     rows.append(["**total**", f"**{_f(rp['total'], 1)}**"])
     s.append(_table(["stage", "wall s"], rows))
+    lk = pl.get("lock")
+    if lk:
+        s += ["", f"**DVC's lock file at the default grid.** For every stage it runs, `dvc repro` reads `dvc.lock` "
+                  f"(safe YAML) and then rewrites it whole through ruamel's round-trip parser and emitter (pure "
+                  f"Python), holding the repository lock. On this checkout's `dvc.lock` (the 3-seed default study: "
+                  f"{lk['stages']} stages, {lk['lines']:,} lines), in-process, median of {len(lk['runs'])}: read "
+                  f"{_f(lk['safe_parse_s'], 2)} s, rewrite **{_f(lk['rewrite_s'], 2)} s**. Stages cannot overlap "
+                  f"there, so {lk['stages']} stages × that ≈ **{_f(lk['stages'] * lk['rewrite_s'] / 60, 1)} min** of "
+                  "the study is serial whatever `--jobs` is, and the cost per stage grows with the grid (the lock "
+                  "has one entry per stage)."]
     s += ["", f"DVC alone: `dvc status` {_f(pl['status']['wall'], 2)} s and `dvc repro` with nothing to do "
               f"{_f(pl['noop_repro']['wall'], 2)} s (wall; {_f(pl['noop_repro']['cpu'], 2)} s CPU) on this "
               f"{len(rp['stages'])}-stage pipeline.", "",
@@ -243,12 +253,17 @@ def model_default(res: dict, seeds: int, sizes=("S", "M", "L"), kinds=2, amounts
     """The extrapolation model: per-stage fixed cost (tiny pipeline) + work at the default sizes (sections 1, 3)."""
     pl, tr, ev = res["pipeline"], res["train"], res["eval"]
     o = fixed_costs(res, warm)
+    cells = len(sizes) * kinds * len(amounts) * seeds
+    n_stages = 1 + len(sizes) + 1 + cells * 2 + 1 + len(sizes) + 1
+    lk = pl.get("lock")
+    # per stage: DVC's reads and rewrite of dvc.lock, scaled from the measured lock to this grid's stage count
+    lock = (lk["rewrite_s"] + 2 * lk["safe_parse_s"]) * n_stages / lk["stages"] if lk else 0.0
+    o = {k: v + lock for k, v in o.items()}
     dvc0 = pl["repro"]["before_first_stage"]
     base_tokens = 500 * 32 * 64  # params.yaml pretrain: steps x batch x seq
     base_work = {s: base_tokens / tr["pretrain"][s]["trainer_tps"] for s in sizes}
     sft_work = {(s, a): a * 3 / tr["sft"][s]["sfttrainer_real_tps"] for s in sizes for a in amounts}  # 3 epochs
     eval_work = ev["total_s"] + ev["median"].get("model load (HFLM)", 0.0)
-    cells = len(sizes) * kinds * len(amounts) * seeds
     t = {
         "dvc": dvc0,
         "fetch": o.get("fetch", 0) + res["setup"]["fetch_stage_s"],
@@ -258,8 +273,8 @@ def model_default(res: dict, seeds: int, sizes=("S", "M", "L"), kinds=2, amounts
         "eval": (1 + len(sizes) + cells) * (o.get("eval-sft", 0) + eval_work),
         "report": o.get("report", 0),
     }
-    return {"parts": t, "total": sum(t.values()), "cells": cells, "stages": 1 + len(sizes) + 1 + cells * 2 + 1
-            + len(sizes) + 1, "overhead": o, "base_work": base_work, "eval_work": eval_work}
+    return {"parts": t, "total": sum(t.values()), "cells": cells, "stages": n_stages, "overhead": o,
+            "base_work": base_work, "eval_work": eval_work, "lock_per_stage": lock}
 
 
 def make_run_estimate(res: dict, seeds: int) -> float | None:
@@ -268,7 +283,10 @@ def make_run_estimate(res: dict, seeds: int) -> float | None:
     pl = res.get("pipeline", {})
     if "parallel" not in pl:
         return None
-    return model_default(res, seeds, warm=True)["total"] / pl["parallel"]["jobs"]
+    m = model_default(res, seeds, warm=True)
+    lk = pl.get("lock")
+    serial = m["stages"] * lk["rewrite_s"] * m["stages"] / lk["stages"] if lk else 0.0  # rewrites cannot overlap
+    return max(m["total"] / pl["parallel"]["jobs"], serial)
 
 
 def extrapolation(res: dict) -> str:
@@ -281,7 +299,8 @@ def extrapolation(res: dict) -> str:
          "is in the fixed cost); eval = the per-model work and model load of section 3 (measured on M; taken as "
          "the same for every size: small models' eval is dominated by per-token overhead, not FLOPs); fetch and "
          "imitate-dataset = those stages run at default params in this bench's setup. Fixed cost per stage "
-         "(median, s): " + ", ".join(f"{k} {_f(v, 1)}" for k, v in o.items()) + ".", ""]
+         "(median, s, plus DVC's reads and rewrite of the default grid's `dvc.lock`, above): " + ", ".join(
+             f"{k} {_f(v, 1)}" for k, v in o.items()) + ".", ""]
     rows = []
     for k in m1["parts"]:
         rows.append([k, _f(m1["parts"][k] / 60, 1), _f(m3["parts"][k] / 60, 1)])
@@ -296,8 +315,9 @@ def extrapolation(res: dict) -> str:
         ow = fixed_costs(res, warm=True)
         s += ["", "The `make run` row is the same model with each stage's fixed cost taken from the runner's run "
                   "above (CPU seconds per stage, median by kind: " + ", ".join(f"{k} {_f(v, 1)}" for k, v in ow.items())
-              + f"), divided by its {jobs} jobs: a lower bound, since it assumes both cores busy throughout (the "
-                "start and the end of the pipeline have fewer runnable stages)."]
+              + f", plus the lock file's cost), divided by its {jobs} jobs, and at least the lock rewrites end to "
+                "end: a lower bound, since it assumes both cores busy throughout (the start and the end of the "
+                "pipeline have fewer runnable stages)."]
     per_cell = (m3["total"] - m1["total"]) / (m3["cells"] - m1["cells"])
     s += ["", f"Growth: **{_f(per_cell, 1)} s per added cell** (one sft + one eval stage, averaged over sizes and "
               f"amounts) on top of a fixed {_f((m1['total'] - per_cell * m1['cells']) / 60, 1)} min; model size enters "

@@ -107,12 +107,34 @@ def test_exp_run_new_amount_runs_only_new_cells(repro):
     assert "more-data" in flat and "S-local-600-s0" in flat
 
 
-def test_queue_then_metrics_and_plots_diff(repro):
-    """The README's queue workflow: queue an experiment, start a worker, compare it."""
+@pytest.fixture()
+def warm_server():
+    """A warm server (imitation_gap.warm), as the README starts one for `dvc exp run`; yields (env, its log)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from conftest import env
+
+    tmp = Path(tempfile.mkdtemp(prefix="ig-warm-test-"))
+    sock, log = tmp / "socket", tmp / "server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", str(sock)], env=env(),
+                                stdout=fh, stderr=subprocess.STDOUT)
+    while not sock.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    yield {"IMITATION_GAP_WARM": str(sock)}, log, proc
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def test_queue_then_metrics_and_plots_diff(repro, warm_server):
+    """The README's queue workflow: queue an experiment, start a worker, compare it (stage commands warm)."""
     repo, _ = repro
+    warm_env, warm_log, warm_proc = warm_server
     # (one size keeps it short: two new cells)
     run(["dvc", "exp", "run", "--queue", "-n", "two-seeds", "-S", "grid.seeds=[0,1]", "-S", "grid.sizes=[S]"], repo)
-    run(["dvc", "queue", "start", "-j", "1"], repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo, extra_env=warm_env)
     deadline = time.time() + 900
     status = ""
     while time.time() < deadline:
@@ -121,6 +143,11 @@ def test_queue_then_metrics_and_plots_diff(repro):
             break
         time.sleep(3)
     assert "Success" in status, status + run(["dvc", "queue", "logs", "two-seeds"], repo, check=False).stdout
+    # the queued copy's stage commands (2 sft, 2 eval-sft, report) ran in children of the warm server
+    warm_proc.terminate()
+    warm_proc.wait(timeout=60)
+    served = int(warm_log.read_text().split("served ")[1].split()[0])
+    assert served >= 5, warm_log.read_text()
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "two-seeds" in shown and "S-broad-300-s1" in shown
     # the queued copy logged to the parent repo's MLflow store, tagged with its experiment name
