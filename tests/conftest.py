@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,35 @@ TINY = {
 }
 
 
+_WARM: dict[str, str] = {}  # the socket of this test worker's warm server (see warm_stage_commands)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_stage_commands():
+    """One warm server (imitation_gap.warm) per test worker, as `make run` starts one: stage commands in the
+    tests fork from it instead of importing torch & co. each time. A test that needs a cold command passes
+    ``extra_env={"IMITATION_GAP_WARM": ""}``; IG_TESTS_COLD=1 runs the whole suite cold."""
+    import tempfile
+
+    if os.environ.get("IG_TESTS_COLD") == "1":
+        yield
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ig-warm-"))
+    sock = tmp / "socket"
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", str(sock)], env=env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+    while not sock.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        _WARM["socket"] = str(sock)
+    yield
+    _WARM.clear()
+    proc.terminate()
+    proc.wait(timeout=60)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def env() -> dict:
     e = dict(os.environ)
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
@@ -39,6 +69,8 @@ def env() -> dict:
     e["HF_HUB_OFFLINE"] = "1"
     e["HF_DATASETS_OFFLINE"] = "1"
     e["PYTHONPATH"] = str(ROOT / "src")
+    if _WARM:
+        e["IMITATION_GAP_WARM"] = _WARM["socket"]
     return e
 
 

@@ -23,6 +23,7 @@ params = __import__("yaml").safe_load(open("params.yaml"))
 for d in deps:
     json.loads(Path(d).read_text())  # an upstream output must be complete
 t0 = time.time()
+Path(f"started-{name}").touch()  # not an output: tells a test that the command is running
 if Path(f"fail-{name}").exists():  # not a dep: removing it does not change the stage
     sys.exit(f"{name}: failing on purpose (fail-{name} exists)")
 time.sleep(params["sleep"].get(name, 1.5))
@@ -137,12 +138,12 @@ def test_sigterm_stops_the_running_stages_and_the_next_run_resumes(dag):
     params = yaml.safe_load((dag / "params.yaml").read_text())
     params["sleep"].update({"x1": 300, "x2": 300, "x3": 0.2})
     (dag / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.parallel", "--no-warm", "-j", "2"], cwd=dag, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (dag / "out" / "root").exists():
+    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.parallel", "--no-warm", "-j", "2"], cwd=dag,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((dag / f"started-{x}").exists() for x in ("x1", "x2")):
         time.sleep(0.2)
-    time.sleep(4)  # x1 and x2 are sleeping now
+    time.sleep(0.5)  # x1 and x2 are sleeping now
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)  # the stages sleep 300 s: this returns only if they were stopped
     assert proc.returncode == 130, err

@@ -63,9 +63,9 @@ def server(tmp_path):
     assert not sock.exists()  # the server removes its socket
 
 
-def probe(work: Path, sock: Path, *args: str, **kw) -> subprocess.Popen:
+def probe(work: Path, sock: Path, *args: str, env_extra: dict | None = None, **kw) -> subprocess.Popen:
     e = env() | {"IMITATION_GAP_WARM": str(sock), "PROBE_X": "42",
-                 "IMITATION_GAP_STAGE_CPU": str(work / "cpu.txt")}
+                 "IMITATION_GAP_STAGE_CPU": str(work / "cpu.txt")} | (env_extra or {})
     return subprocess.Popen([sys.executable, "-m", "probe", *args], cwd=work, env=e, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
@@ -149,3 +149,12 @@ def test_no_server_runs_cold(tmp_path):
     assert "did not answer; running this stage in its own process" in err
     assert fields(out)["pid"] == p.pid
     assert (work / "out.txt").read_text() == "done"
+
+
+def test_a_command_whose_import_time_environment_differs_runs_cold(server):
+    sock, work = server
+    p = probe(work, sock, "ok", env_extra={"HF_HOME": str(work / "other-hf-home")})
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "other values of HF_HOME" in err and "running this stage in its own process" in err
+    assert fields(out)["pid"] == p.pid

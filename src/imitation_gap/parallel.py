@@ -28,7 +28,8 @@ jobs x threads <= cores.
 Stage commands start warm: the runner starts :mod:`imitation_gap.warm`, one process that
 imports torch, transformers, TRL, lm-eval and MLflow once, and each stage command forks
 from it instead of importing them again (~10 s of CPU saved per stage; same outputs, byte
-for byte).  ``--no-warm`` (or ``REPRO_WARM=0``) runs every command cold.
+for byte).  ``--no-warm`` (or ``REPRO_WARM=0``) runs every command cold; a server already
+named in ``$IMITATION_GAP_WARM`` is used instead of starting another.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def cpu_file(stage: str) -> Path:
 def warm_server(enabled: bool):
     """Start the warm server (:mod:`imitation_gap.warm`); yield the environment for stage commands."""
     if not enabled:
+        yield dict(os.environ) | {warm.ENV: ""}
+        return
+    if os.environ.get(warm.ENV) and os.path.exists(os.environ[warm.ENV]):  # one is running already: use it
+        log.info("stage commands start warm, from the server at %s", os.environ[warm.ENV])
         yield dict(os.environ)
         return
     tmp = tempfile.mkdtemp(prefix="ig-warm-")  # short path: Unix socket paths are limited to ~100 bytes
@@ -216,21 +221,15 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
                                "cpu_s": round(cpu, 2)}
                 bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the running stages as Ctrl-C stops `dvc repro`
-        for proc, _, _ in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-        for name, (proc, _, _) in running.items():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_groups([proc for proc, _, _ in running.values()])
+        for name in running:
             log.error("interrupted: %s stopped; run the same command again to resume", name)
         raise
     finally:
         bar.close()
     wall = time.time() - t_start
     mins = wall / 60
-    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "warm": bool(env and warm.ENV in env),
+    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "warm": bool(env and env.get(warm.ENV)),
                                           "wall_s": round(wall, 2), "stages": times,
                                           "not_run": sorted(set(pending) | blocked)})
     log.info("parallel repro: %d stage(s) ran, %d unchanged, in %.1f min with %d job(s)",
@@ -242,6 +241,23 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
                   f" ({', '.join(left[:5])}{', ...' if len(left) > 5 else ''})" if left else "", LOG_DIR)
         return 1
     return 0
+
+
+def stop_groups(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
+    """SIGINT to each stage's process group (as Ctrl-C), then SIGTERM, then SIGKILL to what is still running.
+
+    A stage can miss the SIGINT: DVC ignores SIGINT while it runs a command, and a signal that lands
+    between that and the command's start reaches no one."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            return
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        deadline = time.time() + wait
+        while time.time() < deadline and any(p.poll() is None for p in alive):
+            time.sleep(0.1)
 
 
 def _downstream_of(p: Plan, stage: str, failed: str, blocked: set[str]) -> bool:

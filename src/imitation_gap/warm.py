@@ -23,6 +23,7 @@ the server does not answer, the command runs cold in its own process, as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,6 +35,23 @@ from pathlib import Path
 
 ENV = "IMITATION_GAP_WARM"  # path of the server's socket
 CPU_ENV = "IMITATION_GAP_STAGE_CPU"  # file where the command adds the CPU seconds its child used
+
+# Read by libraries when they are imported (paths, offline switches, thread pools): a command whose
+# environment differs from the server's in any of these runs cold, since the server's imports used its own.
+IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DATASETS_", "TORCH", "PYTORCH_", "OMP_", "MKL_",
+                   "CUDA_", "PYTHON", "MLFLOW_", "LM_EVAL", "TRL_", "ACCELERATE_")
+
+
+def _code_stamp() -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every file of this package: the server's imports are of this code."""
+    pkg = Path(__file__).resolve().parent
+    return {str(p.relative_to(pkg)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(pkg.rglob("*")) if p.is_file() and p.suffix in (".py", ".yaml")}
+
+
+def _import_env(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV) and k != "MLFLOW_TRACKING_URI"}
+
 
 # Imported once by the server: what the stage modules import lazily inside their functions.
 PRELOAD = (
@@ -101,6 +119,10 @@ def handoff() -> None:
     except (OSError, ConnectionError, ValueError):
         sock.close()
         print(f"warm server at {path} did not answer; running this stage in its own process", file=sys.stderr)
+        return
+    if "refused" in first:
+        sock.close()
+        print(f"warm server at {path}: {first['refused']}; running this stage in its own process", file=sys.stderr)
         return
     pid = first["pid"]
     forwarded: list[int] = []
@@ -237,6 +259,10 @@ def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(64)  # commands that connect during the preload wait in the backlog
+    from . import common  # noqa: F401 - sets the telemetry switches every stage command sets
+
+    mine = _import_env(dict(os.environ))  # as started, before any library could change it
+    code = _code_stamp()
     secs = preload(modules, attrs)
     if threading.active_count() > 1:  # a thread would not survive fork: refuse rather than hang a stage
         print(f"warm: {threading.active_count() - 1} thread(s) after the imports; not serving", file=sys.stderr)
@@ -264,6 +290,22 @@ def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_
                 req, fds = _recv(conn, with_fds=3)
             except (OSError, ConnectionError, ValueError) as e:
                 print(f"warm: bad request ({e})", file=sys.stderr)
+                conn.close()
+                continue
+            theirs, now = _import_env(req.get("env", {})), _code_stamp()
+            why = ""
+            if theirs != mine:
+                diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+                why = ("it was started with other values of " + ", ".join(diff[:5]) + " (read when libraries are "
+                       "imported); restart it in this environment")
+            elif now != code:  # its imports would run the old code while DVC records the new
+                changed = sorted(k for k in set(now) | set(code) if now.get(k) != code.get(k))
+                why = "the project's code changed since it started (" + ", ".join(changed[:5]) + "); restart it"
+            if why:
+                with contextlib.suppress(OSError):
+                    _send(conn, {"refused": why})
+                for fd in fds:
+                    os.close(fd)
                 conn.close()
                 continue
             pid = os.fork()
