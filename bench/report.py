@@ -101,7 +101,7 @@ def training(res: dict) -> str:
               "feeds each batch as one padding-free row with `position_ids`; on CPU with SDPA attention that row is "
               "attended as a whole (block-diagonal mask over the full packed length), so the attention cost grows "
               "with the square of the packed row. The *packing gain* column is real tokens/s with packing over "
-              "real tokens/s without."]
+              "real tokens/s without (packing: the first repetition only, to keep `make bench` under 20 minutes)."]
     return "\n".join(s)
 
 
