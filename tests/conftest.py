@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,20 +43,13 @@ def warm_stage_commands():
     if os.environ.get("IG_TESTS_COLD") == "1":
         yield
         return
-    tmp = Path(tempfile.mkdtemp(prefix="ig-warm-"))
-    sock = tmp / "socket"
-    with open(tmp / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", str(sock)], env=env(),
-                                stdout=log, stderr=subprocess.STDOUT)
-    while not sock.exists() and proc.poll() is None:
-        time.sleep(0.1)
-    if proc.poll() is None:
-        _WARM["socket"] = str(sock)
-    yield
-    _WARM.clear()
-    proc.terminate()
-    proc.wait(timeout=60)
-    shutil.rmtree(tmp, ignore_errors=True)
+    from imitation_gap import warm
+
+    with warm.started(Path(tempfile.gettempdir()) / f"ig-warm-tests-{os.getpid()}.log", env=env()) as srv:
+        if srv.socket:
+            _WARM["socket"] = srv.socket
+        yield
+        _WARM.clear()
 
 
 def env() -> dict:

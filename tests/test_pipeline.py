@@ -112,22 +112,15 @@ def test_exp_run_new_amount_runs_only_new_cells(repro):
 @pytest.fixture()
 def warm_server():
     """A warm server (imitation_gap.warm), as the README starts one for `dvc exp run`; yields (env, its log)."""
-    import subprocess
     import tempfile
     from pathlib import Path
 
     from conftest import env
+    from imitation_gap import warm
 
-    tmp = Path(tempfile.mkdtemp(prefix="ig-warm-test-"))
-    sock, log = tmp / "socket", tmp / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", str(sock)], env=env(),
-                                stdout=fh, stderr=subprocess.STDOUT)
-    while not sock.exists() and proc.poll() is None:
-        time.sleep(0.1)
-    yield {"IMITATION_GAP_WARM": str(sock)}, log, proc
-    proc.terminate()
-    proc.wait(timeout=60)
+    with warm.started(Path(tempfile.mkdtemp(prefix="ig-warm-test-")) / "server.log", env=env()) as srv:
+        assert srv.socket, srv.log.read_text()
+        yield srv.env(), srv.log, srv.proc
 
 
 def test_queue_then_metrics_and_plots_diff(repro, warm_server):

@@ -158,3 +158,21 @@ def test_a_command_whose_import_time_environment_differs_runs_cold(server):
     assert p.returncode == 0, err
     assert "other values of HF_HOME" in err and "running this stage in its own process" in err
     assert fields(out)["pid"] == p.pid
+
+
+def test_started_stops_its_server_and_reports_one_that_could_not_start(tmp_path):
+    """``warm.started`` (the runner's, the bench's and the test fixtures' way to start a server)."""
+    from imitation_gap import warm
+
+    shadow = tmp_path / "shadow" / "imitation_gap"  # a server module that dies at start-up
+    shadow.mkdir(parents=True)
+    (shadow / "warm.py").write_text("raise SystemExit('broken on purpose')\n")
+    broken = env() | {"PYTHONPATH": f"{shadow.parent}{os.pathsep}{env()['PYTHONPATH']}"}
+    with warm.started(tmp_path / "broken.log", env=broken) as srv:
+        assert srv.socket is None and srv.env() == {warm.ENV: ""}
+    assert "broken on purpose" in (tmp_path / "broken.log").read_text()
+    with warm.started(tmp_path / "ok.log", env=env()) as srv:
+        assert srv.socket and os.path.exists(srv.socket) and srv.proc.poll() is None
+        sock, proc = srv.socket, srv.proc
+    assert proc.poll() is not None and not os.path.exists(sock)  # stopped, socket and its directory gone
+    assert not os.path.exists(os.path.dirname(sock))

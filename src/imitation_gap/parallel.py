@@ -42,7 +42,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,34 +121,12 @@ def warm_server(enabled: bool):
         log.info("stage commands start warm, from the server at %s", os.environ[warm.ENV])
         yield dict(os.environ)
         return
-    tmp = tempfile.mkdtemp(prefix="ig-warm-")  # short path: Unix socket paths are limited to ~100 bytes
-    sock = os.path.join(tmp, "socket")
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LOG_DIR / "warm.log", "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", sock,
-                                 "--parent-pid", str(os.getpid())], stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(100):  # it binds before importing; commands that connect early wait for the imports
-        if os.path.exists(sock) or proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    env = dict(os.environ)
-    if proc.poll() is None:
-        env[warm.ENV] = sock
-    else:
-        log.warning("the warm server did not start (see %s); stages run cold", LOG_DIR / "warm.log")
-    try:
-        yield env
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        with contextlib.suppress(OSError):
-            os.unlink(sock)
-            os.rmdir(tmp)
+    with warm.started(LOG_DIR / "warm.log") as srv:
+        if srv.socket:
+            log.info("stage commands start warm, from the server at %s", srv.socket)
+        else:
+            log.warning("the warm server did not start (see %s); stages run cold", srv.log)
+        yield dict(os.environ) | srv.env()
 
 
 def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: dict | None = None) -> int:

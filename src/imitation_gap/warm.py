@@ -329,6 +329,52 @@ def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_
         Path(path).unlink(missing_ok=True)
 
 
+class Started:
+    """A server started by :func:`started`: its socket (``None`` if it did not start), process and log."""
+
+    def __init__(self, socket_path: str | None, proc, log: Path):
+        self.socket, self.proc, self.log = socket_path, proc, log
+
+    def env(self) -> dict[str, str]:
+        """The variable that sends stage commands to this server (or keeps them cold if it did not start)."""
+        return {ENV: self.socket or ""}
+
+
+@contextlib.contextmanager
+def started(log: Path | str, env: dict | None = None, parent_pid: int | None = None, wait_s: float = 10.0):
+    """Start a server on a fresh socket, yield :class:`Started`, stop it (SIGTERM, then SIGKILL) on exit.
+
+    The socket lives in a new short temp directory (Unix socket paths are limited to ~100 bytes); the
+    server binds it before importing anything, so the wait is for the process, not the imports
+    (commands that connect early wait in the backlog).  ``parent_pid``: the server exits with that
+    process (default: the caller).  If it dies at start-up, ``socket`` is ``None`` (see the log)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="ig-warm-")
+    sock = os.path.join(tmp, "socket")
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", sock,
+                                 "--parent-pid", str(parent_pid or os.getpid())], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + wait_s
+    while not os.path.exists(sock) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield Started(sock if proc.poll() is None and os.path.exists(sock) else None, proc, Path(log))
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
