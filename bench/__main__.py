@@ -29,7 +29,7 @@ QUICK_WORLD = {  # --quick: a tiny world so that the smoke run takes seconds
     "pretrain": {"batch_size": 8},
     "sft": {"batch_size": 2},
 }
-EVAL_MODEL = {"size": "M", "steps": 150}  # the model the eval bench times: base M, pretrained 150 steps
+EVAL_MODEL = {"size": "M", "steps": 60}  # the model the eval bench times: base M, pretrained 60 steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     res: dict = {"started": started.isoformat(timespec="seconds"), "quick": args.quick, "reps": reps,
                  "parts": parts, "machine": common.machine()}
+    cores = res["machine"]["usable_cpus"] or 1
+    snaps = {"start": common.cpu_snapshot()}  # CPU that other work took while the bench ran, per part
     say(f"bench: parts {parts}, {reps} repetition(s){' (quick)' if args.quick else ''}")
     tmp = Path(tempfile.mkdtemp(prefix="ig-bench-"))
     try:
@@ -69,15 +71,18 @@ def main(argv: list[str] | None = None) -> int:
             sh([sys.executable, "-m", "imitation_gap.imitate_dataset"], world)
             res["setup"] = {"fetch_stage_s": t_fetch, "imitate_stage_s": time.perf_counter() - t}
             p = load_params(world / "params.yaml")
+        snaps["train"] = common.cpu_snapshot()
         if "train" in parts:
             from . import train
 
             sizes = ["S"] if args.quick else list(p.grid.sizes)
             res["train"] = train.run(world, p, sizes, reps, quick=args.quick)
+        snaps["client"] = common.cpu_snapshot()
         if "client" in parts:
             from . import client
 
             res["client"] = client.run(world, p, reps, n=24 if args.quick else 160, quick=args.quick)
+        snaps["eval"] = common.cpu_snapshot()
         if "eval" in parts:
             from . import evalbench
 
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                         batch_sizes=(8, 32) if args.quick else evalbench.BATCH_SIZES,
                                         batch_limit=4 if args.quick else 40)
             res["eval"]["base_stage"] = {"size": size, "steps": steps, "wall_s": wall, "train_s": stats["seconds"]}
+        snaps["pipeline"] = common.cpu_snapshot()
         if "pipeline" in parts:
             from . import pipeline
 
@@ -111,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     res["total_s"] = time.perf_counter() - t_start
     res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    snaps["end"] = common.cpu_snapshot()
+    names = list(snaps)
+    res["machine"]["other_cpu"] = common.other_cpu(snaps["start"], snaps["end"], cores)
+    res["machine"]["other_cpu_by_part"] = {  # from the snapshot before each part to the next one
+        n: common.other_cpu(snaps[n], snaps[names[i + 1]], cores) for i, n in enumerate(names[1:-1], 1)
+        if n in parts}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1, sort_keys=True, default=str) + "\n")
     from .report import render

@@ -96,6 +96,35 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def cpu_snapshot() -> dict | None:
+    """CPU seconds so far: all cores' busy and steal time (/proc/stat) and this process tree's own (rusage).
+    The difference of two snapshots tells how much CPU *other* work took during the bench."""
+    import resource
+
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    own = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for a in ("ru_utime", "ru_stime"))
+    # user nice system idle iowait irq softirq steal ...: busy = user + nice + system + irq + softirq
+    return {"busy": (f[0] + f[1] + f[2] + f[5] + f[6]) / hz, "steal": (f[7] if len(f) > 7 else 0) / hz,
+            "own": own, "t": time.perf_counter()}
+
+
+def other_cpu(a: dict | None, b: dict | None, cores: int) -> dict | None:
+    """Share of the machine's CPU that other processes (not this bench) and the hypervisor (steal) took
+    between two snapshots."""
+    if not a or not b:
+        return None
+    wall = b["t"] - a["t"]
+    other = max(0.0, (b["busy"] - a["busy"]) - (b["own"] - a["own"]))
+    return {"other_cpu_s": other, "steal_s": b["steal"] - a["steal"], "wall_s": wall,
+            "other_share": other / (wall * cores) if wall > 0 else 0.0,
+            "steal_share": (b["steal"] - a["steal"]) / (wall * cores) if wall > 0 else 0.0}
+
+
 def machine() -> dict:
     import importlib.metadata as md
 

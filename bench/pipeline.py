@@ -49,7 +49,6 @@ IMPORTS = {
     "mlflow": "import mlflow",
     "base": ("import imitation_gap.base, torch, mlflow, datasets; from transformers import AutoTokenizer, "
              "DataCollatorForLanguageModeling, LlamaForCausalLM, Trainer, TrainingArguments"),
-    "imitate-dataset": "import imitation_gap.imitate_dataset, mlflow, openai; from transformers import AutoTokenizer",
     "sft": ("import imitation_gap.sft, torch, mlflow, datasets; from transformers import AutoModelForCausalLM, "
             "AutoTokenizer; from trl import SFTConfig, SFTTrainer"),
     "eval": ("import imitation_gap.evaluation, torch, mlflow, openai; from lm_eval import simple_evaluate; "
@@ -106,17 +105,12 @@ _STAGE = re.compile(r"Running stage '([^']+)'")
 @contextmanager
 def warm_server(tmp: Path):
     """A warm server (imitation_gap.warm) for stage commands: yields the environment that names it."""
-    sock = tmp / "warm.sock"
-    with open(tmp / "warm.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", str(sock)], env=env(),
-                                stdout=log, stderr=subprocess.STDOUT)
-    try:
-        while not sock.exists() and proc.poll() is None:
-            time.sleep(0.1)
-        yield {"IMITATION_GAP_WARM": str(sock)}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    from imitation_gap import warm
+
+    with warm.started(tmp / "warm.log", env=env()) as srv:
+        if not srv.socket:
+            raise RuntimeError(f"the warm server did not start: {srv.log.read_text()[-2000:]}")
+        yield srv.env()
 
 
 def timed_dvc(args: list[str], repo: Path, extra_env: dict | None = None) -> dict:

@@ -23,6 +23,25 @@ def _table(head: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def _other(m: dict) -> str:
+    """CPU that processes other than the bench's took, and the hypervisor's steal, over the run and per part."""
+    o = m.get("other_cpu")
+    if not o:
+        return "not measured (no /proc/stat)"
+    parts = "; ".join(f"{k} {v['other_share']:.0%}" for k, v in (m.get("other_cpu_by_part") or {}).items() if v)
+    return (f"{o['other_cpu_s']:.0f} CPU-s by other processes = {o['other_share']:.1%} of the cores over "
+            f"{o['wall_s'] / 60:.1f} min" + (f" (by part: {parts})" if parts else "")
+            + f"; steal {o['steal_share']:.1%} (from /proc/stat minus the bench's own CPU)")
+
+
+def contended(m: dict, reps: int) -> bool:
+    """Whether to flag the figures: other work took >= 10% of the cores (or steal did), the machine was busy
+    when the bench started, or fewer repetitions than 3."""
+    o = m.get("other_cpu") or {}
+    return (o.get("other_share", 0) >= 0.10 or o.get("steal_share", 0) >= 0.10
+            or m["loadavg_at_start"][0] >= 0.5 * (m.get("usable_cpus") or 1) or reps < 3)
+
+
 def machine(res: dict) -> str:
     m = res["machine"]
     v = m["versions"]
@@ -34,8 +53,8 @@ def machine(res: dict) -> str:
             ["cores", f"{m['usable_cpus']} usable of {m['logical_cpus']} logical"],
             ["torch threads", f"{threads} (params `pretrain.threads`, `sft.threads`; torch default here: "
                               f"{m['torch_threads_default']})"],
-            ["load average", f"{m['loadavg_at_start'][0]} at the start, {m.get('loadavg_at_end', ['-'])[0]} at "
-                             "the end (1 min; above 0 means other work shared the cores)"],
+            ["load average", f"{m['loadavg_at_start'][0]} at the start (1 min; before the bench's own work)"],
+            ["other work during the run", _other(m)],
             ["OS, Python", f"{m['platform']}, Python {m['python']}"],
             ["versions", ", ".join(f"{k} {x}" for k, x in v.items())],
         ]),
@@ -101,8 +120,8 @@ def training(res: dict) -> str:
               "feeds each batch as one padding-free row with `position_ids`; on CPU with SDPA attention that row is "
               "attended as a whole (block-diagonal mask over the full packed length), so the attention cost grows "
               "with the square of the packed row. The *packing gain* column is real tokens/s with packing over "
-              "real tokens/s without (packing: median of " + str(len(next(iter(tr["sft"].values()))["runs"]["packed"]))
-              + " repetition(s) per size)."]
+              "real tokens/s without (packing: " + str(len(next(iter(tr["sft"].values()))["runs"]["packed"]))
+              + " repetition(s) per size, half the timed steps but at least 3: a packed step is ~10× longer)."]
     return "\n".join(s)
 
 
@@ -359,11 +378,14 @@ def render(res: dict) -> str:
             f"**{_f(res['total_s'] / 60, 1)} min**; every figure below comes from that one run (raw numbers: "
             "`bench/results.json`). Re-run it to refresh this file: figures move with the machine and its load.",
             ""]
+    by_part = res["machine"].get("other_cpu_by_part") or {}
+    if by_part:
+        head[-2] += (" Time by part: " + ", ".join(f"{k} {v['wall_s'] / 60:.1f} min" for k, v in by_part.items() if v)
+                     + " (the rest: the scratch world the first three share).")
     m = res["machine"]
-    load = max(m["loadavg_at_start"][0], m.get("loadavg_at_end", [0])[0])
-    if load >= 0.5 * (m.get("usable_cpus") or 1) or res["reps"] < 3:
+    if contended(m, res["reps"]):
         head += [f"> **Taken under contention or with fewer repetitions than the design's 3** (load average "
-                 f"{m['loadavg_at_start'][0]} at the start, {m.get('loadavg_at_end', ['-'])[0]} at the end, on "
+                 f"{m['loadavg_at_start'][0]} at the start; other work: {_other(m)}; on "
                  f"{m.get('usable_cpus')} cores; {res['reps']} repetition(s)): the peak and the throughputs were "
                  "measured at different moments of a varying load, so ratios and % of peak are unreliable. Re-run "
                  "`make bench` on a quiet machine for the figures to quote.", ""]
