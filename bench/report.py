@@ -13,8 +13,13 @@ def _f(x: float, d: int = 1) -> str:
 
 
 def _rng(xs) -> str:
+    """min–max of the repetitions, with as many decimals as the median beside it (2 below 10, 0 from 1,000)."""
     xs = list(xs)
-    return f"{min(xs):,.1f}–{max(xs):,.1f}" if len(xs) > 1 else "-"
+    if len(xs) < 2:
+        return "-"
+    top = max(abs(x) for x in xs)
+    d = 2 if top < 10 else 0 if top >= 1000 else 1
+    return f"{min(xs):,.{d}f}–{max(xs):,.{d}f}"
 
 
 def _table(head: list[str], rows: list[list]) -> str:
