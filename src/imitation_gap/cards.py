@@ -39,7 +39,8 @@ def _checkpoints(lock: Path = LOCK) -> dict[str, str]:
     """Output path -> md5 of every stage output recorded in dvc.lock (empty if none yet)."""
     if not lock.exists():
         return {}
-    data = yaml.safe_load(lock.read_text()) or {}
+    # libyaml's safe loader when PyYAML has it (the 154-stage lock: ~0.2 s instead of ~2 s in pure Python)
+    data = yaml.load(lock.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     out = {}
     for stage in (data.get("stages") or {}).values():
         for o in stage.get("outs") or []:

@@ -60,6 +60,8 @@ PRELOAD = (
     "lm_eval.models.openai_completions", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "openai",
     "scipy.optimize", "tqdm", "imitation_gap.base", "imitation_gap.sft", "imitation_gap.evaluation",
     "imitation_gap.imitate_dataset", "imitation_gap.fetch", "imitation_gap.teacher",
+    # the report stage (runs after every `dvc exp run`): no backend is chosen here, report.plot picks Agg
+    "scipy.stats", "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "imitation_gap.report",
 )
 # lazy attributes of transformers / TRL that the stages touch (each pulls in a module tree)
 PRELOAD_ATTRS = (
