@@ -38,14 +38,12 @@ def warm_stage_commands():
     """One warm server (imitation_gap.warm) per test worker, as `make run` starts one: stage commands in the
     tests fork from it instead of importing torch & co. each time. A test that needs a cold command passes
     ``extra_env={"IMITATION_GAP_WARM": ""}``; IG_TESTS_COLD=1 runs the whole suite cold."""
-    import tempfile
-
     if os.environ.get("IG_TESTS_COLD") == "1":
         yield
         return
     from imitation_gap import warm
 
-    with warm.started(Path(tempfile.gettempdir()) / f"ig-warm-tests-{os.getpid()}.log", env=env()) as srv:
+    with warm.started(env=env()) as srv:
         if srv.socket:
             _WARM["socket"] = srv.socket
         yield

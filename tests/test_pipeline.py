@@ -112,13 +112,10 @@ def test_exp_run_new_amount_runs_only_new_cells(repro):
 @pytest.fixture()
 def warm_server():
     """A warm server (imitation_gap.warm), as the README starts one for `dvc exp run`; yields (env, its log)."""
-    import tempfile
-    from pathlib import Path
-
     from conftest import env
     from imitation_gap import warm
 
-    with warm.started(Path(tempfile.mkdtemp(prefix="ig-warm-test-")) / "server.log", env=env()) as srv:
+    with warm.started(env=env()) as srv:
         assert srv.socket, srv.log.read_text()
         yield srv.env(), srv.log, srv.proc
 

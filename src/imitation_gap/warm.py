@@ -343,20 +343,23 @@ class Started:
 
 
 @contextlib.contextmanager
-def started(log: Path | str, env: dict | None = None, parent_pid: int | None = None, wait_s: float = 10.0):
+def started(log: Path | str | None = None, env: dict | None = None, parent_pid: int | None = None,
+            wait_s: float = 10.0):
     """Start a server on a fresh socket, yield :class:`Started`, stop it (SIGTERM, then SIGKILL) on exit.
 
     The socket lives in a new short temp directory (Unix socket paths are limited to ~100 bytes); the
     server binds it before importing anything, so the wait is for the process, not the imports
     (commands that connect early wait in the backlog).  ``parent_pid``: the server exits with that
-    process (default: the caller).  If it dies at start-up, ``socket`` is ``None`` (see the log)."""
+    process (default: the caller).  If it dies at start-up, ``socket`` is ``None`` (see the log).  ``log``:
+    where its output goes (default: beside the socket, removed with it)."""
     import shutil
     import subprocess
     import tempfile
 
     tmp = tempfile.mkdtemp(prefix="ig-warm-")
     sock = os.path.join(tmp, "socket")
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    log = Path(log) if log else Path(tmp) / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", sock,
                                  "--parent-pid", str(parent_pid or os.getpid())], env=env, stdout=fh,
@@ -365,7 +368,7 @@ def started(log: Path | str, env: dict | None = None, parent_pid: int | None = N
     while not os.path.exists(sock) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
-        yield Started(sock if proc.poll() is None and os.path.exists(sock) else None, proc, Path(log))
+        yield Started(sock if proc.poll() is None and os.path.exists(sock) else None, proc, log)
     finally:
         if proc.poll() is None:
             proc.terminate()
