@@ -3,7 +3,7 @@
 For a base model (``--size``), an imitation model (``--size --kind --amount --seed``)
 or the teacher (``--teacher``):
 
-1. **capability** with lm-eval (``simple_evaluate``) on the task YAMLs in
+1. **capability** with lm-eval (``simple_evaluate``, one call per shot count) on the task YAMLs in
    ``src/imitation_gap/tasks/``: ``ig_qa`` (few-shot generative QA about group B, the
    NQ analogue), ``ig_mc`` (multiple choice by log-likelihood, the MMLU analogue),
    ``ig_skill`` (reverse unseen word triples, the HumanEval analogue).  Local
@@ -69,30 +69,49 @@ def task_plan(p: Params, is_teacher: bool) -> tuple[object, list[HubTask], dict[
 
 
 def capability(p: Params, lm, is_teacher: bool = False) -> tuple[dict, dict, dict]:
-    """Scores per role (qa, mc, skill), per-item samples, and the task of each role."""
+    """Scores per role (qa, mc, skill), per-item samples, and the task of each role.
+
+    Tasks with the same number of shots go to lm-eval in one ``simple_evaluate`` call (the
+    embedded world's three tasks are all 3-shot: one call).  Each call also builds lm-eval's
+    environment report (torch's ``collect_env`` runs ``pip list`` in a subprocess), about a
+    second per call, so one call instead of three saves that twice per model; lm-eval still
+    seeds each task's few-shot sampler with ``fewshot_random_seed``, so the samples are the same."""
     from lm_eval import simple_evaluate
+
+    from .hub import pick_metric
 
     tm, tasks, skipped = task_plan(p, is_teacher)
     scores: dict = {role: None for role in skipped}
     samples, names = {}, {t.role: t.name for t in tasks} | {r: f"skipped: {why}" for r, why in skipped.items()}
     chat = is_teacher and p.world == "hub" and p.hub.teacher_api == "chat"
+    by_shots: dict[int, list[HubTask]] = {}
     for t in tasks:
-        out = simple_evaluate(model=lm, tasks=[t.name], num_fewshot=t.shots, task_manager=tm,
+        by_shots.setdefault(t.shots, []).append(t)
+    for shots, group in by_shots.items():
+        out = simple_evaluate(model=lm, tasks=[t.name for t in group], num_fewshot=shots, task_manager=tm,
                               log_samples=p.eval.log_samples, apply_chat_template=chat,
                               confirm_run_unsafe_code=p.world == "hub" and p.hub.allow_code_eval,
                               random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed,
                               fewshot_random_seed=p.seed, bootstrap_iters=0)
-        from .hub import pick_metric
-
-        scores[t.role] = pick_metric(out["results"][t.name], t.metric, t.name)
-        rows = []
-        for sub in (out.get("samples") or {}).values():
-            rows += [{"doc": s["doc"].get("question") or s["doc"].get("prompt"), "target": s["target"],
-                      "response": s["filtered_resps"][0] if s["filtered_resps"] else None,
-                      "acc": next((s[k] for k in (t.metric.split(",")[0], "acc", "exact_match") if k in s), None)}
-                     for s in sub]
-        samples[t.role] = rows
+        for t in group:
+            scores[t.role] = pick_metric(out["results"][t.name], t.metric, t.name)
+            rows = []
+            for sub in leaf_tasks(out, t.name):
+                rows += [{"doc": s["doc"].get("question") or s["doc"].get("prompt"), "target": s["target"],
+                          "response": s["filtered_resps"][0] if s["filtered_resps"] else None,
+                          "acc": next((s[k] for k in (t.metric.split(",")[0], "acc", "exact_match") if k in s),
+                                      None)}
+                         for s in (out.get("samples") or {}).get(sub, [])]
+            samples[t.role] = rows
     return scores, samples, names
+
+
+def leaf_tasks(out: dict, name: str) -> list[str]:
+    """The leaf tasks of ``name`` in lm-eval's results: itself, or a group's subtasks (mmlu: 57)."""
+    subs = (out.get("group_subtasks") or {}).get(name)
+    if not subs:
+        return [name]
+    return [leaf for sub in subs for leaf in leaf_tasks(out, sub)]
 
 
 def hf_lm(p: Params, model_dir: Path):
@@ -304,8 +323,8 @@ def evaluate(p: Params, run: str, model_dir: Path | None, info: dict) -> dict:
         sty = style(world, prompts, answers, None if model_dir is None else reference)
         metrics = {**info, "run": run, "world": p.world, "capability": cap, "capability_tasks": cap_tasks,
                    "preference": pref, "style": sty,
-                   "n": {**{role: len(rows) for role, rows in samples.items()}, "pref": len(prompts)},
-                   "seconds": {**timings, "total": round(time.time() - t0, 1)}}
+                   "n": {**{role: len(rows) for role, rows in samples.items()}, "pref": len(prompts)}}
+        timings["total_s"] = round(time.time() - t0, 1)  # to MLflow only: the metrics file stays the same on a re-run
         with atomic_dir(Path("eval") / run) as out:
             write_jsonl(out / "answers.jsonl", [{"id": r["id"], "kind": r["kind"], "prompt": r["prompt"],
                                                  "answer": a, "teacher": ref}
@@ -315,9 +334,9 @@ def evaluate(p: Params, run: str, model_dir: Path | None, info: dict) -> dict:
                 write_jsonl(out / f"samples_{short}.jsonl", rows)
         write_json(Path("metrics/runs") / f"{run}.json", metrics)
         log_metrics({"capability": {k: v for k, v in cap.items() if v is not None}, "style": sty,
-                     **({"preference": pref} if pref else {})})
-    log.info("eval %s: capability %s, preference %s", run, cap,
-             {k: round(v["win_tie_rate"], 3) for k, v in (pref or {}).items()})
+                     **({"preference": pref} if pref else {}), "seconds": timings})
+    log.info("eval %s: capability %s, preference %s (%s)", run, cap,
+             {k: round(v["win_tie_rate"], 3) for k, v in (pref or {}).items()}, timings)
     return metrics
 
 
