@@ -97,12 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             sh([sys.executable, "-m", "imitation_gap.base", "--size", size, "--params", "params_eval.yaml"], world)
             wall = time.perf_counter() - t
-            stats = json.loads((world / "models/base" / size / "train_stats.json").read_text())
             pe = load_params(world / "params_eval.yaml")
             res["eval"] = evalbench.run(world, pe, world / "models/base" / size, reps,
                                         batch_sizes=(8, 32) if args.quick else evalbench.BATCH_SIZES,
                                         batch_limit=4 if args.quick else 40)
-            res["eval"]["base_stage"] = {"size": size, "steps": steps, "wall_s": wall, "train_s": stats["seconds"]}
+            res["eval"]["base_stage"] = {"size": size, "steps": steps, "wall_s": wall}
         snaps["pipeline"] = common.cpu_snapshot()
         if "pipeline" in parts:
             from . import pipeline

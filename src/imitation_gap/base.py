@@ -112,12 +112,14 @@ def pretrain(p: Params, size_name: str, out_dir: Path) -> dict:
             tok.save_pretrained(str(tmp))
             tokens = pt.steps * pt.batch_size * pt.seq_len
             stats = {"size": size_name, "non_embedding_params": n_params, "train_loss": result.training_loss,
-                     "train_tokens": tokens, "corpus_tokens": n_corpus, "seconds": round(seconds, 1),
-                     "tokens_per_second": round(tokens / seconds, 1)}
+                     "train_tokens": tokens, "corpus_tokens": n_corpus}
+            # timings go to MLflow and the log, not into the model's directory: a re-run that trains the same
+            # weights leaves the output's hash, and so every stage downstream, unchanged
             write_json(tmp / "train_stats.json", stats)
-        log_metrics({k: v for k, v in stats.items() if k != "size"})
-    log.info("base@%s: %s", size_name, stats)
-    return stats
+        timing = {"seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1)}
+        log_metrics({k: v for k, v in stats.items() if k != "size"} | timing)
+    log.info("base@%s: %s %s", size_name, stats, timing)
+    return stats | timing
 
 
 if __name__ == "__main__":

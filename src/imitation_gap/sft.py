@@ -146,15 +146,16 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
         trainer.accelerator.wait_for_everyone()
         n_tokens = sum(r.get("n_tokens", 0) for r in rows)
         stats = {"run": stage, "rows": len(rows), "data_tokens": n_tokens, "train_loss": result.training_loss,
-                 "epochs": s.epochs, "seconds": round(seconds, 1), "processes": world,
-                 "tokens_per_second": round(n_tokens * s.epochs / max(seconds, 1e-9), 1), "lora": s.lora.enabled}
+                 "epochs": s.epochs, "processes": world, "lora": s.lora.enabled}
         if rank == 0:
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
             for junk in ("training_args.bin",):  # pickled args: not needed, and not safetensors
                 (tmp / junk).unlink(missing_ok=True)
             tok.save_pretrained(str(tmp))
+            # no timings in the output (they go to MLflow): the same weights give the same hash downstream
             write_json(tmp / "train_stats.json", stats)
-    return stats
+    return stats | {"seconds": round(seconds, 1),
+                    "tokens_per_second": round(n_tokens * s.epochs / max(seconds, 1e-9), 1)}
 
 
 def relaunch(p: Params, argv: list[str]) -> None:
