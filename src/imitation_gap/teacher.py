@@ -426,7 +426,9 @@ def embedded_endpoint(world_path: str | Path, tokenizer_path: str | Path | None 
     world = load_world(world_path)
     tok = load_tokenizer(tokenizer_path) if tokenizer_path else None
     server = make_server(world, tok, faults=faults)
-    thread = threading.Thread(target=server.serve_forever, name="embedded-teacher", daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at the end of every eval stage
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="embedded-teacher",
+                              daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"
