@@ -36,6 +36,7 @@ def params_with(tmp_path, **edits) -> str:
     ({"grid.kinds": ["broad", "wide"]}, ["grid.kinds[1]", "'wide'", "['broad', 'local']"]),
     ({"sft.epochs": KeyError}, ["missing key sft.epochs"]),
     ({"sft.lora.rank": 8}, ["unknown key sft.lora.rank", "allowed keys here"]),
+    ({"sft.sampling": "sorted"}, ["sft.sampling", "'sorted'", "['random', 'group_by_length']"]),
     ({"teacher.base_url": "127.0.0.1:8000"}, ["teacher.base_url", "http(s) URL"]),
     ({"sizes.S.num_heads": 5}, ["sizes.S.num_heads", "must divide hidden_size"]),
     ({"world": "cloud"}, ["world", "'cloud'", "['embedded', 'hub']"]),

@@ -19,6 +19,7 @@ import yaml
 
 KINDS = ("broad", "local")
 WORLDS = ("embedded", "hub")  # see docs/hub.md for the hub world
+SAMPLING = ("random", "group_by_length")  # sft.sampling: transformers' train_sampling_strategy
 ROLES = ("qa", "mc", "skill")  # capability slots: NQ-like QA, MMLU-like multiple choice, HumanEval-like skill
 SOURCE_FORMATS = ("sharegpt", "hc3", "nq", "koala")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -150,6 +151,7 @@ class SFT:
     warmup_ratio: float
     assistant_only_loss: bool
     packing: bool
+    sampling: str
     bf16: bool
     gradient_checkpointing: bool
     threads: int
@@ -404,6 +406,7 @@ def _validate(p: Params) -> None:
     _check(s.lr > 0, "sft.lr", s.lr, "must be > 0")
     _check(s.batch_size > 0, "sft.batch_size", s.batch_size, "must be > 0")
     _check(s.max_seq_len > 8, "sft.max_seq_len", s.max_seq_len, "must be > 8")
+    _check(s.sampling in SAMPLING, "sft.sampling", s.sampling, f"must be one of {list(SAMPLING)}")
     _check(s.lora.r > 0, "sft.lora.r", s.lora.r, "must be > 0")
     _check(s.num_processes > 0, "sft.num_processes", s.num_processes, "must be > 0 (1 = no accelerate launch)")
     if s.num_processes > 1:

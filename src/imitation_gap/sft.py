@@ -11,7 +11,8 @@ Output: ``models/sft/<size>-<kind>-<amount>-s<seed>/`` (safetensors, tokenizer,
 Scale (GPUs): ``sft.num_processes > 1`` re-launches this stage under ``accelerate launch
 --config_file <sft.accelerate_config>`` (DDP, FSDP or DeepSpeed ZeRO-3 configs ship in
 ``configs/accelerate/``); ``sft.lora.load_in_4bit`` is QLoRA (bitsandbytes);
-``sft.bf16``, ``sft.gradient_checkpointing`` and ``sft.packing`` are the usual switches.
+``sft.bf16``, ``sft.gradient_checkpointing``, ``sft.packing`` and ``sft.sampling`` (``group_by_length``)
+are the usual switches.
 
 Run: ``python -m imitation_gap.sft --size L --kind broad --amount 8000 --seed 0``.
 """
@@ -105,7 +106,7 @@ def sft_config(p: Params, output_dir: Path, seed: int, steps: float, report: boo
         learning_rate=s.lr, lr_scheduler_type="cosine", warmup_steps=int(s.warmup_ratio * steps),
         logging_steps=max(1, int(steps) // 20), save_strategy="no", report_to=["mlflow"] if report else [],
         use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed, max_length=s.max_seq_len,
-        assistant_only_loss=s.assistant_only_loss, packing=s.packing, bf16=s.bf16,
+        assistant_only_loss=s.assistant_only_loss, packing=s.packing, train_sampling_strategy=s.sampling, bf16=s.bf16,
         gradient_checkpointing=s.gradient_checkpointing, dataloader_num_workers=0,
     )
     return SFTConfig(**(kw | overrides))

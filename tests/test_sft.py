@@ -1,0 +1,42 @@
+"""The sft stage's SFTConfig: `sft.sampling` reaches the trainer's batches."""
+
+from __future__ import annotations
+
+import random
+
+import yaml
+
+from imitation_gap import sft
+from imitation_gap.config import load_params
+
+
+def pad_share(p, base_dir, rows, out) -> float:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    trainer = SFTTrainer(model=sft.load_base(p, base_dir), args=sft.sft_config(p, out, seed=0, steps=10, report=False),
+                         train_dataset=Dataset.from_list(rows), processing_class=tok)
+    real = total = 0
+    for batch in trainer.get_train_dataloader():
+        real += int(batch["attention_mask"].sum())
+        total += batch["attention_mask"].numel()
+    return 1 - real / total
+
+
+def test_group_by_length_batches_rows_of_similar_length(world_repo, tmp_path):
+    rng = random.Random(0)
+    words = "the city of Cestra is a fine place to be born and to study".split()
+    rows = [{"messages": [{"role": "user", "content": "tell me"},
+                          {"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(1, 60)))}]}
+            for _ in range(256)]
+    shares = {}
+    for sampling in ("random", "group_by_length"):
+        params = yaml.safe_load((world_repo / "params.yaml").read_text())
+        params["sft"] |= {"sampling": sampling, "batch_size": 8}
+        (tmp_path / f"{sampling}.yaml").write_text(yaml.safe_dump(params))
+        p = load_params(tmp_path / f"{sampling}.yaml")
+        shares[sampling] = pad_share(p, world_repo / "models" / "base" / "S", rows, tmp_path / sampling)
+    assert shares["random"] > 0.3  # lengths from 1 to 60 words: random batches are mostly padding
+    assert shares["group_by_length"] < shares["random"] / 2
