@@ -178,14 +178,14 @@ def bench_pretrain(world: Path, p, sizes: list[str], reps: int, steps: dict) -> 
 
 
 # -- SFT -----------------------------------------------------------------------------
-def sft_config(p, output_dir: Path, seed: int, steps: int, packing: bool):
+def sft_config(p, output_dir: Path, seed: int, steps: int, packing: bool, **overrides):
     """The stage's own SFTConfig (``imitation_gap.sft.sft_config``), with packing switched as asked."""
     from imitation_gap.sft import sft_config as stage_config
 
-    return stage_config(p, output_dir, seed, steps, packing=packing)
+    return stage_config(p, output_dir, seed, steps, packing=packing, **overrides)
 
 
-def padding_stats(world: Path, p, kinds: list[str], amount: int) -> dict:
+def padding_stats(world: Path, p, kinds: list[str], amount: int, sampling: str = "random") -> dict:
     """Share of pad tokens over one epoch of SFT batches (the SFTTrainer's own collator), per kind."""
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -202,8 +202,8 @@ def padding_stats(world: Path, p, kinds: list[str], amount: int) -> dict:
         steps = math.ceil(len(ds) / p.sft.batch_size) * p.sft.epochs
         model = LlamaForCausalLM(base.model_config(p.sizes["S"], tok))
         with tempfile.TemporaryDirectory() as tmp:
-            tr = SFTTrainer(model=model, args=sft_config(p, Path(tmp), 0, steps, False), train_dataset=ds,
-                            processing_class=tok)
+            tr = SFTTrainer(model=model, args=sft_config(p, Path(tmp), 0, steps, False, train_sampling_strategy=sampling),
+                            train_dataset=ds, processing_class=tok)
             tot = real = 0
             lens = []
             for b in tr.get_train_dataloader():
@@ -283,6 +283,51 @@ def bench_sft(world: Path, p, sizes: list[str], reps: int, steps: dict, kind: st
     return out
 
 
+def bench_sampling(world: Path, p, size: str, kind: str, amount: int, reps: int) -> dict:
+    """One epoch of the stage's SFTTrainer on ``kind`` data, ``sft.sampling`` random against group_by_length.
+
+    Whole epochs (not a few steps): grouped batches run from long to short inside each mega-batch, so a few
+    timed steps would not be a fair sample of them. Also the epoch's mean training loss, which the different
+    batch mix changes (the loss of a batch is a mean over its tokens, and a batch of short rows counts as
+    much as one of long rows)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaForCausalLM, set_seed
+    from trl import SFTTrainer
+
+    from imitation_gap import base
+    from imitation_gap.common import read_jsonl
+
+    torch.set_num_threads(p.sft.threads)
+    tok = AutoTokenizer.from_pretrained(str(world / "data/raw/tokenizer"))
+    rows = read_jsonl(world / f"data/imitation/{kind}/{amount}.jsonl")
+    ds = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    n_steps = math.ceil(len(ds) / p.sft.batch_size)
+    out: dict = {"size": size, "kind": kind, "amount": amount, "steps": n_steps}
+    for sampling in ("random", "group_by_length"):
+        runs = []
+        for rep in range(reps):
+            say(f"train: sft sampling={sampling} {size} rep {rep + 1}/{reps} (one epoch, {n_steps} steps)")
+            set_seed(rep)
+            model = LlamaForCausalLM(base.model_config(p.sizes[size], tok))
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = sft_config(p, Path(tmp), rep, n_steps, False, train_sampling_strategy=sampling,
+                                 num_train_epochs=1, report_to=[])
+                tr = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+                rec = _Recorder(tr.data_collator, tok.pad_token_id)
+                tr.data_collator = rec
+                t = time.perf_counter()
+                result = tr.train()
+                dt = time.perf_counter() - t
+            real = sum(b[1] for b in rec.batches)
+            runs.append({"seconds": dt, "real_tokens_per_s": real / dt, "train_loss": result.training_loss,
+                         "pad_share": 1 - real / sum(b[0] for b in rec.batches)})
+        out[sampling] = {"runs": runs, **{k: median(r[k] for r in runs) for k in runs[0]}}
+    out["speedup"] = out["random"]["seconds"] / out["group_by_length"]["seconds"]
+    say(f"train: sft sampling: group_by_length {out['speedup']:.2f}x the speed of random on {size} {kind}")
+    return out
+
+
 def run(world: Path, p, sizes: list[str], reps: int, quick: bool = False) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{world / 'mlflow.db'}"  # the stages log to MLflow: so do we
     steps = {k: (2 if quick else v) for k, v in STEPS.items()}
@@ -295,10 +340,14 @@ def run(world: Path, p, sizes: list[str], reps: int, quick: bool = False) -> dic
     pre = bench_pretrain(world, p, sizes, reps, steps)
     amount = max(p.grid.amounts)
     pad = padding_stats(world, p, list(p.grid.kinds), amount)
+    for kind, d in padding_stats(world, p, list(p.grid.kinds), amount, sampling="group_by_length").items():
+        pad[kind]["grouped_pad_share"] = d["pad_share"]
     sft = bench_sft(world, p, sizes, reps, steps, "broad", amount)
+    sampling = bench_sampling(world, p, sizes[0] if quick else "M", "broad", amount, reps)
     for d in list(pre.values()) + list(sft.values()):
         tps = d.get("trainer_tps") or d.get("sfttrainer_tps")
         d["pct_peak"] = tps * d["flops"]["per_token"] / peak["flops"]
         d["raw_pct_peak"] = d["raw_tps"] * d["flops"]["per_token"] / peak["flops"]
-    return {"peak": peak, "pretrain": pre, "sft": sft, "padding": pad, "sft_data": {"kind": "broad", "amount": amount},
+    return {"peak": peak, "pretrain": pre, "sft": sft, "padding": pad, "sampling": sampling,
+            "sft_data": {"kind": "broad", "amount": amount},
             "warmup_steps": WARMUP, "timed_steps": steps}

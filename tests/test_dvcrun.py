@@ -60,16 +60,17 @@ def test_the_wrapper_writes_the_same_lock_as_dvc(twin):
     lock = (a / "dvc.lock").read_text()
     assert len(yaml.safe_load(lock)["stages"]) == 4 and (b / "dvc.lock").read_text() == lock
     assert "#" in lock  # the '#' of params a.note: DVC's round-trip path, every stage
-    # the same with no '#' in the lock (the fast path), and an entry that changes in place
-    for repo in (a, b):
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["a"] |= {"lr": 0.002, "note": "no hash sign"}
-        params["b"]["value"] = 2
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "-f"], a)
-    wrapper(b, "repro", "-f")
-    lock = (a / "dvc.lock").read_text()
-    assert "#" not in lock and "lr: 0.002" in lock and (b / "dvc.lock").read_text() == lock
+    # then no '#' in the lock (a.note loses it: DVC's round-trip path while old entries still hold one) ...
+    for edit in ({"note": "no hash sign"}, {"lr": 0.002}):  # ... and every entry changing on the fast path
+        for repo in (a, b):
+            params = yaml.safe_load((repo / "params.yaml").read_text())
+            params["a"] |= edit
+            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["dvc", "repro"], a)
+        wrapper(b, "repro")
+        lock = (a / "dvc.lock").read_text()
+        assert "#" not in lock and (b / "dvc.lock").read_text() == lock
+    assert "lr: 0.002" in lock
     for s in ("s1", "s2"):  # and one stage at a time, as the runner calls it
         run(["dvc", "repro", "--single-item", "-f", s], a)
         wrapper(b, "repro", "--single-item", "-f", s)

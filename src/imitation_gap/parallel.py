@@ -10,8 +10,8 @@ runs every changed stage and everything downstream of it, each as its own
 ``dvc --wait-for-lock repro --single-item <stage>``, with up to ``--jobs`` at a time; a
 stage starts only when every stage it depends on has finished.  (It calls DVC's CLI through
 :mod:`imitation_gap.dvcrun`, which reads a comment-free ``dvc.lock`` with libyaml: DVC rewrites
-that file for every stage, and the default study's lock takes ruamel's pure-Python loader ~1.7 s.)  DVC's own locks keep this
-sound: a stage's command runs with the repository unlocked, its deps read-locked and its
+that file for every stage, and the default study's lock takes ruamel's pure-Python loader
+~1.7 s.)  DVC's own locks keep this sound: a stage's command runs with the repository unlocked, its deps read-locked and its
 outs write-locked (``.dvc/tmp/rwlock``), and ``dvc.lock`` is written under the repository
 lock.  The result is what ``dvc repro`` gives (the same ``dvc.lock`` entries, run cache and
 MLflow runs); ``dvc status`` is clean afterwards.
