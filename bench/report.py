@@ -480,6 +480,7 @@ def closing(res: dict) -> str:
     if rows:
         s.append(_table(["figure (this run)", "value", ""], rows))
     s += ["", "What would move the numbers further (measured, not done; see `bench/README.md`): TRL's fused "
-              "log-prob head in SFT, one model load per eval, one lm-eval call for the three tasks (each call "
-              "collects torch's environment report, ~0.6 s)."]
+              "log-prob head in SFT, one model load per eval, DVC's pure-Python dump of `dvc.lock` (~1 s per "
+              "stage; libyaml's emitter folds long lines differently, so it would change the file's bytes), and "
+              "the 1-s poll of MLflow's async logging thread that ends every base and sft stage (wall, not CPU)."]
     return "\n".join(s)
