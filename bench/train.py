@@ -185,25 +185,33 @@ def sft_config(p, output_dir: Path, seed: int, steps: int, packing: bool, **over
     return stage_config(p, output_dir, seed, steps, packing=packing, **overrides)
 
 
-def padding_stats(world: Path, p, kinds: list[str], amount: int, sampling: str = "random") -> dict:
-    """Share of pad tokens over one epoch of SFT batches (the SFTTrainer's own collator), per kind."""
+def sft_data(world: Path, kind: str, amount: int):
+    """(tokenizer, rows, chat Dataset) of the imitation data ``kind``/``amount``, as the sft stage builds them."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaForCausalLM
-    from trl import SFTTrainer
+    from transformers import AutoTokenizer
 
-    from imitation_gap import base
     from imitation_gap.common import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(str(world / "data/raw/tokenizer"))
+    rows = read_jsonl(world / f"data/imitation/{kind}/{amount}.jsonl")
+    return tok, rows, Dataset.from_list([{"messages": r["messages"]} for r in rows])
+
+
+def padding_stats(world: Path, p, kinds: list[str], amount: int, sampling: str = "random") -> dict:
+    """Share of pad tokens over one epoch of SFT batches (the SFTTrainer's own collator), per kind."""
+    from transformers import LlamaForCausalLM
+    from trl import SFTTrainer
+
+    from imitation_gap import base
+
     out = {}
     for kind in kinds:
-        rows = read_jsonl(world / f"data/imitation/{kind}/{amount}.jsonl")
-        ds = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+        tok, rows, ds = sft_data(world, kind, amount)
         steps = math.ceil(len(ds) / p.sft.batch_size) * p.sft.epochs
         model = LlamaForCausalLM(base.model_config(p.sizes["S"], tok))
         with tempfile.TemporaryDirectory() as tmp:
-            tr = SFTTrainer(model=model, args=sft_config(p, Path(tmp), 0, steps, False, train_sampling_strategy=sampling),
-                            train_dataset=ds, processing_class=tok)
+            cfg = sft_config(p, Path(tmp), 0, steps, False, train_sampling_strategy=sampling)
+            tr = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
             tot = real = 0
             lens = []
             for b in tr.get_train_dataloader():
@@ -218,18 +226,14 @@ def padding_stats(world: Path, p, kinds: list[str], amount: int, sampling: str =
 
 def bench_sft(world: Path, p, sizes: list[str], reps: int, steps: dict, kind: str, amount: int) -> dict:
     import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaForCausalLM, set_seed
+    from transformers import LlamaForCausalLM, set_seed
     from trl import SFTTrainer
 
     from imitation_gap import base
-    from imitation_gap.common import read_jsonl
 
     s = p.sft
     torch.set_num_threads(s.threads)
-    tok = AutoTokenizer.from_pretrained(str(world / "data/raw/tokenizer"))
-    rows = read_jsonl(world / f"data/imitation/{kind}/{amount}.jsonl")
-    ds = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    tok, rows, ds = sft_data(world, kind, amount)
     n_steps = math.ceil(len(ds) / s.batch_size) * s.epochs
     out = {}
     for size in sizes:
@@ -291,17 +295,13 @@ def bench_sampling(world: Path, p, size: str, kind: str, amount: int, reps: int)
     batch mix changes (the loss of a batch is a mean over its tokens, and a batch of short rows counts as
     much as one of long rows)."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaForCausalLM, set_seed
+    from transformers import LlamaForCausalLM, set_seed
     from trl import SFTTrainer
 
     from imitation_gap import base
-    from imitation_gap.common import read_jsonl
 
     torch.set_num_threads(p.sft.threads)
-    tok = AutoTokenizer.from_pretrained(str(world / "data/raw/tokenizer"))
-    rows = read_jsonl(world / f"data/imitation/{kind}/{amount}.jsonl")
-    ds = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    tok, rows, ds = sft_data(world, kind, amount)
     n_steps = math.ceil(len(ds) / p.sft.batch_size)
     out: dict = {"size": size, "kind": kind, "amount": amount, "steps": n_steps}
     for sampling in ("random", "group_by_length"):
