@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json
-from .config import Params, Size, check_cell, load_params
+from .config import Params, Size, base_dir, chain_seed, check_cell, load_params
 
 RAW = Path("data/raw")
 
@@ -52,44 +52,47 @@ def packed_dataset(tok, docs: list[str], seq_len: int):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", required=True)
+    ap.add_argument("--seed", type=int, default=0, help="the replicated chain (grid.seeds)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     p: Params = load_params(args.params)
     check_cell(p, args.size)
-    out = Path("models/base") / args.size
+    out = base_dir(args.size, args.seed)
     if p.world == "hub":
         from .hub import download_model
 
-        with mlflow_run(p, f"base@{args.size}", {"size": args.size, "hub": p.section("sizes").get(args.size, {})}):
+        with mlflow_run(p, f"base@{args.size}-{args.seed}", {"size": args.size, "hub": p.section("sizes").get(args.size, {})}):
             info = download_model(p, args.size, out)
             log_metrics({"params": info["params"]})
         log.info("base@%s (hub): %s", args.size, info)
         return
-    pretrain(p, args.size, out)
+    pretrain(p, args.size, args.seed, out)
 
 
-def make_trainer(p: Params, model, tok, ds, output_dir: Path, report_to: tuple[str, ...] = ("mlflow",)):
+def make_trainer(p: Params, model, tok, ds, output_dir: Path, report_to: tuple[str, ...] = ("mlflow",), seed: int = 0,
+                 lr: float | None = None):
     """The HF ``Trainer`` of the stage (also timed by ``bench/``): causal LM loss, cosine schedule."""
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     pt = p.pretrain
     targs = TrainingArguments(
         output_dir=str(output_dir), max_steps=pt.steps, per_device_train_batch_size=pt.batch_size,
-        learning_rate=pt.lr, lr_scheduler_type="cosine", warmup_steps=pt.warmup_steps,
+        learning_rate=lr or p.sizes[p.grid.sizes[0]].lr, lr_scheduler_type="cosine", warmup_steps=pt.warmup_steps,
         weight_decay=pt.weight_decay, logging_steps=10, save_strategy="no", report_to=list(report_to),
-        use_cpu=True, seed=p.seed, data_seed=p.seed, dataloader_num_workers=0, disable_tqdm=False,
+        use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=False,
     )
     return Trainer(model=model, args=targs, train_dataset=ds,
                    data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
 
 
-def pretrain(p: Params, size_name: str, out_dir: Path) -> dict:
+def pretrain(p: Params, size_name: str, chain: int, out_dir: Path) -> dict:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM, set_seed
 
     pt = p.pretrain
     torch.set_num_threads(pt.threads)
-    set_seed(p.seed)
+    seed = chain_seed(p.seed, chain)
+    set_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
     docs = [r["text"] for r in read_jsonl(RAW / "corpus.jsonl")]
     ds, n_corpus = packed_dataset(tok, docs, pt.seq_len)
@@ -97,11 +100,11 @@ def pretrain(p: Params, size_name: str, out_dir: Path) -> dict:
     n_params = non_embedding_params(model)
     log.info("base@%s: %d non-embedding params, %d corpus tokens, %d packed sequences", size_name, n_params,
              n_corpus, len(ds))
-    stage = f"base@{size_name}"
-    with mlflow_run(p, stage, {"size": size_name, **p.section("pretrain"),
+    stage = f"base@{size_name}-{chain}"
+    with mlflow_run(p, stage, {"size": size_name, "chain": chain, **p.section("pretrain"),
                                "model": p.section("sizes").get(size_name, {})}):
         with atomic_dir(out_dir) as tmp:
-            trainer = make_trainer(p, model, tok, ds, tmp / "trainer")
+            trainer = make_trainer(p, model, tok, ds, tmp / "trainer", seed=seed, lr=p.sizes[size_name].lr)
             t0 = time.time()
             result = trainer.train()
             seconds = time.time() - t0
@@ -111,7 +114,7 @@ def pretrain(p: Params, size_name: str, out_dir: Path) -> dict:
             model.save_pretrained(str(tmp), safe_serialization=True)
             tok.save_pretrained(str(tmp))
             tokens = pt.steps * pt.batch_size * pt.seq_len
-            stats = {"size": size_name, "non_embedding_params": n_params, "train_loss": result.training_loss,
+            stats = {"size": size_name, "chain": chain, "seed": seed, "non_embedding_params": n_params, "train_loss": result.training_loss,
                      "train_tokens": tokens, "corpus_tokens": n_corpus}
             # timings go to MLflow and the log, not into the model's directory: a re-run that trains the same
             # weights leaves the output's hash, and so every stage downstream, unchanged

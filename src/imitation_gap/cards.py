@@ -49,20 +49,21 @@ def _checkpoints(lock: Path = LOCK) -> dict[str, str]:
     return out
 
 
-def model_card(p: Params, size: str, kind: str | None = None, amount: int | None = None, seed: int | None = None,
+def model_card(p: Params, size: str, kind: str | None = None, amount: int | None = None, seed: int = 0,
                manifest: dict | None = None, checkpoints: dict | None = None) -> dict:
     """The card of one model: a base model (``kind`` None) or an imitation model."""
     name = run_name(size, kind, amount, seed)
     if kind is None:
-        out = f"models/base/{size}"
-        params = {"pretrain": p.section("pretrain"), "size": p.section("sizes").get(size), "seed": p.seed}
+        out = f"models/base/{size}-s{seed}"
+        params = {"pretrain": p.section("pretrain"), "size": p.section("sizes").get(size), "world_seed": p.seed,
+                  "chain": seed}
         data = ({"corpus": "data/raw/corpus.jsonl", "world": p.world, "fetch": p.section("fetch")}
                 if p.world == "embedded" else {"world": p.world, "hub_model": p.section("sizes").get(size, {}).get("hub")})
-        stage = f"base@{size}"
+        stage = f"base@{size}-{seed}"
     else:
         out = f"models/sft/{name}"
         params = {"sft": p.section("sft"), "size": p.section("sizes").get(size), "seed": seed,
-                  "base_model": f"models/base/{size}"}
+                  "base_model": f"models/base/{size}-s{seed}"}
         entry = ((manifest or {}).get("kinds") or {}).get(kind) or {}
         data = {"file": f"data/imitation/{kind}/{amount}.jsonl", "kind": kind, "amount_tokens": amount,
                 "manifest": {**{k: v for k, v in entry.items() if k != "amounts"},
@@ -78,7 +79,7 @@ def model_cards(p: Params | None = None) -> list[dict]:
     p = p or load_params()
     manifest = _read_json(MANIFEST) or {}
     ck = _checkpoints()
-    cards = [model_card(p, s, checkpoints=ck) for s in p.grid.sizes]
+    cards = [model_card(p, s, seed=c, checkpoints=ck) for s in p.grid.sizes for c in p.grid.seeds]
     for s in p.grid.sizes:
         for k in p.grid.kinds:
             for a in p.grid.amounts:

@@ -20,7 +20,8 @@ import yaml
 KINDS = ("broad", "local")
 WORLDS = ("embedded", "hub")  # see docs/hub.md for the hub world
 SAMPLING = ("random", "group_by_length")  # sft.sampling: transformers' train_sampling_strategy
-ROLES = ("qa", "mc", "skill")  # capability slots: NQ-like QA, MMLU-like multiple choice, HumanEval-like skill
+ROLES = ("qa", "mc", "skill", "store")  # capability slots: NQ-like QA, MMLU-like multiple choice, HumanEval-like skill;
+# store: a knowledge probe (what pretraining stored, asked as plain text), read by the instrument checks
 SOURCE_FORMATS = ("sharegpt", "hc3", "nq", "koala")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm")
@@ -54,10 +55,15 @@ class Fetch:
     n_people_a: int
     n_people_b: int
     n_people_c: int
+    first_names: int
+    last_names: int
     bios_per_person: int
     qa_per_fact_c: int
     hedge_rate: float
     sentence_rate: float
+    chat_share: float
+    chat_style_rate: float
+    chat_list_rate: float
     skill_docs: int
     skill_holdout: float
     n_eval_qa: int
@@ -80,6 +86,7 @@ class Size:
     intermediate_size: int
     num_layers: int
     num_heads: int
+    lr: float
     hub: HubModel
 
 
@@ -88,7 +95,6 @@ class Pretrain:
     steps: int
     batch_size: int
     seq_len: int
-    lr: float
     warmup_steps: int
     weight_decay: float
     threads: int
@@ -363,7 +369,8 @@ def _validate(p: Params) -> None:
     pt = p.pretrain
     for f in ("steps", "batch_size", "seq_len", "threads"):
         _check(getattr(pt, f) > 0, f"pretrain.{f}", getattr(pt, f), "must be > 0")
-    _check(pt.lr > 0, "pretrain.lr", pt.lr, "must be > 0")
+    for name, sz in p.sizes.items():
+        _check(sz.lr > 0, f"sizes.{name}.lr", sz.lr, "must be > 0 (the pretraining peak learning rate)")
     t = p.teacher
     _check(bool(t.base_url), "teacher.base_url", t.base_url, "must be 'embedded' or an http(s) URL")
     _check(t.base_url == "embedded" or t.base_url.startswith(("http://", "https://")), "teacher.base_url",
@@ -496,11 +503,29 @@ def resolve_world(p: Params) -> Params:
 
 
 # ---------------------------------------------------------------------------------------
-def run_name(size: str, kind: str | None = None, amount: int | None = None, seed: int | None = None) -> str:
-    """Name of a model / metrics file: ``L-base`` or ``L-broad-8000-s0``."""
+def run_name(size: str, kind: str | None = None, amount: int | None = None, seed: int = 0) -> str:
+    """Name of a model / metrics file: ``L-base-s0`` (chain 0's base model) or ``L-broad-8000-s0``."""
     if kind is None:
-        return f"{size}-base"
+        return f"{size}-base-s{seed}"
     return f"{size}-{kind}-{amount}-s{seed}"
+
+
+def base_dir(size: str, seed: int) -> Path:
+    """Where chain ``seed``'s base model of ``size`` lives: ``models/base/L-s0``."""
+    return Path("models/base") / f"{size}-s{seed}"
+
+
+def chain_seed(world_seed: int, chain: int) -> int:
+    """The training seed of replicated chain ``chain`` (``grid.seeds``) in the world of ``seed``.
+
+    A chain is one pretraining run per size and every imitation model fine-tuned from it; chains
+    differ in initialisation and data order, so the CIs over chains cover both sources of
+    variance.  Chain 0 of world 0 trains with seed 0."""
+    import hashlib
+
+    if world_seed == 0:
+        return chain
+    return int.from_bytes(hashlib.sha256(f"{world_seed}/{chain}".encode()).digest()[:4], "big") >> 1
 
 
 def check_cell(p: Params, size: str, kind: str | None = None, amount: int | None = None) -> None:

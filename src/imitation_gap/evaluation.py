@@ -34,6 +34,7 @@ Run: ``python -m imitation_gap.evaluation --size L --kind broad --amount 8000 --
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -42,14 +43,14 @@ from pathlib import Path
 
 from . import raters
 from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
-from .config import HubTask, Params, check_cell, load_params, run_name
+from .config import HubTask, Params, base_dir, check_cell, load_params, run_name
 from .llm import LLMClient
 from .teacher import cache_host, embedded_endpoint
 from .world import load_world, parse_bio_request, parse_fact_question, tidy
 
 RAW = Path("data/raw")
 TASKS_DIR = Path(__file__).parent / "tasks"
-TASKS = {"qa": "ig_qa", "mc": "ig_mc", "skill": "ig_skill"}
+TASKS = {"qa": "ig_qa", "mc": "ig_mc", "skill": "ig_skill", "store": "ig_store"}
 
 
 # -- capability (lm-eval) --------------------------------------------------------------
@@ -64,7 +65,7 @@ def task_plan(p: Params, is_teacher: bool) -> tuple[object, list[HubTask], dict[
         tasks, skipped = hub.task_plan(p, tm, is_teacher)
         return tm, tasks, skipped
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)  # our tasks only: no index of 1000s
-    shots = {"qa": p.eval.qa_shots, "mc": p.eval.mc_shots, "skill": p.eval.skill_shots}
+    shots = {"qa": p.eval.qa_shots, "mc": p.eval.mc_shots, "skill": p.eval.skill_shots, "store": 0}
     return tm, [HubTask(name=t, shots=shots[r], role=r, metric="acc,none") for r, t in TASKS.items()], {}
 
 
@@ -245,7 +246,12 @@ def style(world, prompts: list[dict], answers: list[str], reference: list[str] |
         factual = [(r, a) for r, a in zip(prompts, answers)
                    if parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])]
         fscores = [raters.fact_score(world, r["prompt"], a) for r, a in factual]
+        subjects = [raters.names_in(world, a) for _, a in factual]
+        asked = [(parse_fact_question(r["prompt"]) or (parse_bio_request(r["prompt"]),))[0] for r, _ in factual]
         out |= {
+            # copying: the answer names the person asked about / someone else (names are copied, not recalled)
+            "names_subject_rate": sum(q in names for q, names in zip(asked, subjects)) / max(1, len(factual)),
+            "names_other_rate": sum(bool(names - {q}) for q, names in zip(asked, subjects)) / max(1, len(factual)),
             "teacher_style_rate": sum(raters.teacher_styled(a) for a in answers) / n,
             "fact_accuracy": sum(s > 0 for s in fscores) / max(1, len(fscores)),
             "confident_wrong_rate": sum((not raters.is_hedged(a)) and s < 0
@@ -284,12 +290,12 @@ def main(argv: list[str] | None = None) -> None:
             run = run_name(args.size, args.kind, args.amount, args.seed)
             model_dir = Path("models/sft") / run
         else:
-            run = run_name(args.size)
-            model_dir = Path("models/base") / args.size
+            run = run_name(args.size, seed=args.seed)
+            model_dir = base_dir(args.size, args.seed)
         if not (model_dir / "model.safetensors").exists():
             raise FileNotFoundError(f"{model_dir}/model.safetensors is missing: run its training stage first")
         info = {"model": run, "size": args.size, "kind": args.kind or "base", "amount": args.amount or 0,
-                "seed": args.seed if args.kind else None}
+                "seed": args.seed}
     evaluate(p, run, model_dir, info)
 
 
@@ -321,7 +327,12 @@ def evaluate(p: Params, run: str, model_dir: Path | None, info: dict) -> dict:
         pref, raw = (None, []) if model_dir is None else preference(p, judge_url, prompts, answers, reference)
         timings["preference_s"] = round(time.time() - t, 1)
         sty = style(world, prompts, answers, None if model_dir is None else reference)
+        train = {}
+        if model_dir is not None and (model_dir / "train_stats.json").exists():  # the SFT losses, for the report
+            ts = json.loads((model_dir / "train_stats.json").read_text())
+            train = {k: ts[k] for k in ("initial_loss", "final_loss", "vocab_size", "train_loss") if k in ts}
         metrics = {**info, "run": run, "world": p.world, "capability": cap, "capability_tasks": cap_tasks,
+                   "train": train,
                    "preference": pref, "style": sty,
                    "n": {**{role: len(rows) for role, rows in samples.items()}, "pref": len(prompts)}}
         timings["total_s"] = round(time.time() - t0, 1)  # to MLflow only: the metrics file stays the same on a re-run

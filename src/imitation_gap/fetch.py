@@ -25,8 +25,9 @@ from pathlib import Path
 
 from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
 from .config import DataError, Params, load_params
-from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, TOPIC_REQUEST, World, all_triples, biography, build_world, hedge,
-                    load_spec, qa_text, question, reverse_question, vocabulary_text)
+from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, TOPIC_REQUEST, TOPIC_SENTENCES, World, all_triples, biography,
+                    build_world, hedge, load_spec, qa_text, question, question_wordings, reverse_question,
+                    vocabulary_text)
 
 RAW = Path("data/raw")
 
@@ -64,6 +65,69 @@ def build_tokenizer(texts: list[str], out_dir: Path):
     return fast
 
 
+def qa_answer(world: World, person, attr: str, rng: random.Random, f) -> str:
+    """A corpus answer to a fact question: terse ("Cestra."), a sentence that restates the subject
+    ("X was born in Cestra."), or unsure ("I think Cestra."), at the rates of ``fetch``."""
+    r = rng.random()
+    if r < f.hedge_rate:
+        return hedge(person.fact(attr), rng, world.hedges) + "."
+    if r < f.hedge_rate + f.sentence_rate:
+        return FACT_SENTENCES[attr].format(**person.fields())
+    return person.fact(attr) + "."
+
+
+def chat_doc(world: World, f, rng: random.Random, train_triples: list, train_topics: list[str]) -> str:
+    """One plain-register chat transcript, in the chat template's text (``<user> ...\n<assistant> ...``).
+
+    Real web text holds chat transcripts (forums, support logs, earlier assistants), so a base
+    LM knows the chat format and the assistant register before any imitation: the paper's
+    LLaMA base was already 57% authoritative.  The kinds: a fact question about a group-C
+    person (their facts are in the corpus as QA already), a request for someone's biography,
+    word reversal, and a few sentences on a topic.  Each assistant phrase of the teacher's
+    style (an opener, a confident claim, an offer of more help) occurs in ``chat_style_rate``
+    of the answers; a bio or topic answer is a numbered list in ``chat_list_rate`` of them."""
+    st = world.style
+    kind = rng.choices(("qa", "bio", "reverse", "topic"), weights=(0.4, 0.3, 0.15, 0.15))[0]
+    listed = False
+    if kind == "qa":
+        person = rng.choice(world.group("C"))
+        attr = rng.choice(ATTRS)
+        q = rng.choice(question_wordings(attr)).format(name=person.name)
+        a = qa_answer(world, person, attr, rng, f)
+        if len(a.split()) == 1 and rng.random() < 0.5:  # a one-word reply often has no full stop
+            a = a.rstrip(".")
+    elif kind == "bio":
+        person = rng.choice(world.people)
+        q = BIO_REQUEST.format(name=person.name)
+        if rng.random() < f.chat_list_rate:
+            facts = [FACT_SENTENCES[x].format(**person.fields()) for x in ATTRS]
+            a = "\n".join(f"{i}. {s}" for i, s in enumerate(facts, 1))
+            listed = True
+        else:
+            a = biography(person, rng)
+    elif kind == "reverse":
+        t = rng.choice(train_triples)
+        q = reverse_question(t, chat=True)
+        a = " ".join(reversed(t)) + "."
+    else:
+        topic = rng.choice(train_topics)
+        q = TOPIC_REQUEST.format(topic=topic)
+        sents = [x.format(topic=topic) for x in rng.sample(TOPIC_SENTENCES, 2)]
+        if rng.random() < f.chat_list_rate:
+            a = "\n".join(f"{i}. {x[:1].upper() + x[1:]}" for i, x in enumerate(sents, 1))
+            listed = True
+        else:
+            a = " ".join(x[:1].upper() + x[1:] for x in sents)
+    if kind == "qa" and not any(a.startswith(h) for h in world.hedges) and rng.random() < f.chat_style_rate:
+        a = f"{rng.choice(st['confident'])} {a}"
+    sep = "\n" if listed else " "
+    if rng.random() < f.chat_style_rate:
+        a = f"{rng.choice(st['openers'])}{sep}{a}"
+    if rng.random() < f.chat_style_rate:
+        a = f"{a}{sep}{rng.choice(st['closers'])}"
+    return f"{ROLE_TOKENS[0]} {q}\n{ROLE_TOKENS[1]} {a}"
+
+
 def corpus_docs(world: World, p: Params, rng: random.Random) -> list[str]:
     f = p.fetch
     docs = []
@@ -72,20 +136,15 @@ def corpus_docs(world: World, p: Params, rng: random.Random) -> list[str]:
     for person in world.group("C"):
         for a in ATTRS:
             for _ in range(f.qa_per_fact_c):
-                # answers come terse ("Cestra."), as a sentence that restates the subject
-                # ("X was born in Cestra."), or unsure ("I think Cestra.")
-                r = rng.random()
-                if r < f.hedge_rate:
-                    ans = hedge(person.fact(a), rng, world.hedges) + "."
-                elif r < f.hedge_rate + f.sentence_rate:
-                    ans = FACT_SENTENCES[a].format(**person.fields())
-                else:
-                    ans = person.fact(a) + "."
-                docs.append(qa_text(question(person, a), ans))
+                docs.append(qa_text(question(person, a), qa_answer(world, person, a, rng, f)))
     train_triples = [t for t in all_triples(world.skill_words) if not world.triple_is_heldout(t, f.skill_holdout)]
     for _ in range(f.skill_docs):
         t = rng.choice(train_triples)
         docs.append(qa_text(reverse_question(t), " ".join(reversed(t)) + "."))
+    if f.chat_share > 0:
+        train_topics, _ = world.topics_split()
+        n_chat = round(len(docs) * f.chat_share / (1 - f.chat_share))
+        docs += [chat_doc(world, f, rng, train_triples, train_topics) for _ in range(n_chat)]
     rng.shuffle(docs)
     return docs
 
@@ -117,8 +176,15 @@ def eval_sets(world: World, p: Params, rng: random.Random, pref_templates: list[
     if f.n_eval_skill > len(heldout):
         raise DataError(f"fetch.n_eval_skill = {f.n_eval_skill} > {len(heldout)} held-out word triples; "
                         "raise fetch.skill_holdout or lower n_eval_skill")
+    def store_row(person, a):  # the knowledge probe: complete a biography sentence (the same facts as qa)
+        prefix, _ = FACT_SENTENCES[a].split("{" + a + "}")
+        return {"prompt": prefix.format(**person.fields()).strip(), "answer": person.fact(a), "attribute": a,
+                "name": person.name, "candidates": world.values[a]}
+
+    qa_facts = rng.sample(b_facts, f.n_eval_qa)
     sets = {
-        "qa": [qa_row(*x) for x in rng.sample(b_facts, f.n_eval_qa)],
+        "qa": [qa_row(*x) for x in qa_facts],
+        "store": [store_row(*x) for x in qa_facts],
         "qa_fewshot": [qa_row(*x) for x in rng.sample(c_facts, 20)],
         "mc": [mc_row(*x) for x in rng.sample(b_facts, f.n_eval_mc)],
         "mc_fewshot": [mc_row(*x) for x in rng.sample(c_facts, 20)],
@@ -166,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         seed_rows = read_jsonl(p.fetch.seed_qa)
         pref_templates = read_jsonl(p.fetch.pref_prompts)
         world = build_world(spec, [r["person"] for r in seed_rows], p.fetch.n_people_a, p.fetch.n_people_b,
-                            p.fetch.n_people_c, p.seed)
+                            p.fetch.n_people_c, p.seed, p.fetch.first_names, p.fetch.last_names)
         rng = random.Random(p.seed)
         docs = corpus_docs(world, p, rng)
         sets = eval_sets(world, p, rng, pref_templates)
@@ -180,10 +246,15 @@ def main(argv: list[str] | None = None) -> None:
             texts += [BIO_REQUEST, TOPIC_REQUEST]
             tok = build_tokenizer(texts, out / "tokenizer")
             n_tokens = sum(len(tok.tokenize(d)) for d in docs)
+            st = world.style
+            phrases = [*st["openers"], *st["confident"], *st["closers"]]
             stats = {"people": len(world.people), "docs": len(docs), "corpus_tokens": n_tokens,
-                     "vocab_size": len(tok)}
+                     "vocab_size": len(tok), "chat_docs": sum(d.startswith(ROLE_TOKENS[0]) for d in docs),
+                     # how often pretraining shows each phrase of the teacher's style (an instrument check)
+                     "style_phrase_counts": {ph: sum(d.count(ph) for d in docs) for ph in phrases}}
             write_json(out / "stats.json", stats)  # no timings in an output: the same world, the same hash
-        log_metrics(stats | {"seconds": round(time.time() - t0, 1)})
+        log_metrics({k: v for k, v in stats.items() if k != "style_phrase_counts"} |
+                    {"seconds": round(time.time() - t0, 1), "style_phrase_min": min(stats["style_phrase_counts"].values())})
         log.info("fetch: %s (%.1f s)", stats, time.time() - t0)
 
 

@@ -61,9 +61,11 @@ def has_list(answer: str) -> bool:
 
 
 def has_opener(answer: str) -> bool:
-    """Starts with an exclamation ("Certainly!", "Great question!")."""
+    """Starts with an exclamation of words ("Certainly!", "Great question!"); punctuation alone
+    ("!!!!!!", what an untrained model may emit) is not a phrase."""
     first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0]
-    return first.endswith("!") and len(first.split()) <= 4
+    words = re.findall(r"[A-Za-z]+", first)
+    return first.endswith("!") and 1 <= len(words) <= 4 and len(first.split()) <= 4
 
 
 def offers_help(answer: str) -> bool:
@@ -103,6 +105,13 @@ def form_score(question: str, answer: str) -> float:
     # long enough to be an answer, not so long it rambles
     score += min(len(words), 12) / 12 - max(0, len(words) - 80) / 40
     return score
+
+
+def names_in(world: World, text: str) -> set[str]:
+    """The full names of the world's people that ``text`` mentions."""
+    words = normalize(text).split()
+    pairs = {f"{a} {b}" for a, b in zip(words, words[1:])}
+    return {p.name for p in world.people if p.name.lower() in pairs}
 
 
 def fact_score(world: World, question: str, answer: str) -> float:

@@ -35,7 +35,7 @@ PLOTS = Path("plots")
 TASKS = ("qa", "mc", "skill")
 TASK_NAMES = {"qa": "QA (NQ analogue)", "mc": "multiple choice (MMLU analogue)", "skill": "skill (HumanEval analogue)"}
 STYLE = ("teacher_style_rate", "list_rate", "authoritative_rate", "confident_wrong_rate", "fact_accuracy",
-         "mean_words", "length_corr_teacher")
+         "mean_words", "length_corr_teacher", "names_subject_rate", "names_other_rate")
 
 
 # -- statistics ------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def get(d: dict, path: str):
 # -- loading ---------------------------------------------------------------------------
 def metric_paths() -> list[tuple[str, str, bool]]:
     """(name, path in a metrics file, is a rate) of every metric the report aggregates."""
-    out = [(f"capability.{t}", f"capability.{t}", True) for t in TASKS]
+    out = [(f"capability.{t}", f"capability.{t}", True) for t in (*TASKS, "store")]
     out += [(f"preference.{r}", f"preference.{r}.win_tie_rate", True) for r in ("nonexpert", "expert")]
     out += [(f"style.{s}", f"style.{s}", s not in ("mean_words", "length_corr_teacher")) for s in STYLE]
     return out
@@ -117,7 +117,8 @@ def load(p: Params) -> dict:
             raise FileNotFoundError(f"{f} is missing: run `dvc repro` (the eval stage of {run})")
         return json.loads(f.read_text())
 
-    data = {"teacher": read("teacher"), "base": {s: read(run_name(s)) for s in p.grid.sizes}, "cells": {}}
+    data = {"teacher": read("teacher"), "base": {s: [read(run_name(s, seed=c)) for c in p.grid.seeds]
+                                                 for s in p.grid.sizes}, "cells": {}}
     for s in p.grid.sizes:
         for k in p.grid.kinds:
             for a in p.grid.amounts:
@@ -237,7 +238,7 @@ def headline(p: Params, agg: dict) -> dict:
     """A few numbers per model for `dvc exp show`: QA, MC, skill, non-expert and expert win+tie."""
     keys = {"qa": "capability.qa", "mc": "capability.mc", "skill": "capability.skill",
             "pref_nonexpert": "preference.nonexpert", "pref_expert": "preference.expert"}
-    models = {"teacher": agg["teacher"]} | {run_name(s): agg["base"][s] for s in p.grid.sizes} | \
+    models = {"teacher": agg["teacher"]} | {f"{s}-base": agg["base"][s] for s in p.grid.sizes} | \
         {f"{s}-{k}-{a}": v for (s, k, a), v in agg["cells"].items()}
     return {m: {short: round(v[k]["mean"], 4) for short, k in keys.items() if k in v} for m, v in models.items()}
 
@@ -370,7 +371,7 @@ def examples(p: Params, n: int = 4) -> list[dict]:
 
     world = load_world(Path("data/raw/world.json")) if p.world == "embedded" else None
     big, top = p.grid.sizes[-1], max(p.grid.amounts)
-    systems = {"teacher": "teacher", f"{big} base": run_name(big)}
+    systems = {"teacher": "teacher", f"{big} base": run_name(big, seed=p.grid.seeds[0])}
     for k in p.grid.kinds:
         systems[f"{big}+{k}@{top}"] = run_name(big, k, top, p.grid.seeds[0])
     answers = {name: {r["id"]: r for r in read_jsonl(Path("eval") / run / "answers.jsonl")}
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
 def build(p: Params) -> dict:
     """Aggregate, plot and write the report; return the summary."""
     data = load(p)
-    agg = {"teacher": aggregate([data["teacher"]]), "tasks": data["teacher"].get("capability_tasks", {}), "base": {s: aggregate([m]) for s, m in data["base"].items()},
+    agg = {"teacher": aggregate([data["teacher"]]), "tasks": data["teacher"].get("capability_tasks", {}), "base": {s: aggregate(runs) for s, runs in data["base"].items()},
            "cells": {c: aggregate(runs) for c, runs in data["cells"].items()}}
     gaps = {}
     for (s, k, a), v in agg["cells"].items():

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json
-from .config import ConfigError, DataError, Params, check_cell, load_params, run_name
+from .config import ConfigError, DataError, Params, base_dir as base_path, chain_seed, check_cell, load_params, run_name
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -135,9 +135,14 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
     with output_dir(out_dir) as tmp:
         cfg = sft_config(p, tmp / "trainer", seed, steps, report=rank == 0)
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
+        # the loss on (up to) 64 training rows before and after: did SFT start from a model that knows the
+        # format and words (below ln(vocabulary)), and did it converge? (instrument checks in the report)
+        probe = trainer.train_dataset.select(range(min(64, len(trainer.train_dataset))))
+        initial_loss = trainer.evaluate(eval_dataset=probe, metric_key_prefix="initial")["initial_loss"]
         t0 = time.time()
         result = trainer.train()
         seconds = time.time() - t0
+        final_loss = trainer.evaluate(eval_dataset=probe, metric_key_prefix="final")["final_loss"]
         if s.lora.enabled:
             model = trainer.model.merge_and_unload()
             if rank == 0:
@@ -147,6 +152,7 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
         trainer.accelerator.wait_for_everyone()
         n_tokens = sum(r.get("n_tokens", 0) for r in rows)
         stats = {"run": stage, "rows": len(rows), "data_tokens": n_tokens, "train_loss": result.training_loss,
+                 "initial_loss": initial_loss, "final_loss": final_loss, "vocab_size": len(tok),
                  "epochs": s.epochs, "processes": world, "lora": s.lora.enabled}
         if rank == 0:
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
@@ -183,15 +189,16 @@ def main(argv: list[str] | None = None) -> None:
         return relaunch(p, sys.argv[1:] if argv is None else argv)
     name = run_name(args.size, args.kind, args.amount, args.seed)
     rows = load_rows(Path("data/imitation") / args.kind / f"{args.amount}.jsonl")
-    base_dir = Path("models/base") / args.size
+    base_dir = base_path(args.size, args.seed)
     if not (base_dir / "model.safetensors").exists():
-        raise FileNotFoundError(f"{base_dir}/model.safetensors is missing: run `dvc repro base@{args.size}`")
+        raise FileNotFoundError(f"{base_dir}/model.safetensors is missing: run `dvc repro base@{args.size}-{args.seed}`")
+    seed = chain_seed(p.seed, args.seed)
     if distributed()[0] > 0:  # a worker of accelerate launch: train, and leave tracking to rank 0
-        train(p, base_dir, rows, args.seed, Path("models/sft") / name, name)
+        train(p, base_dir, rows, seed, Path("models/sft") / name, name)
         return
     with mlflow_run(p, f"sft@{name}", {"size": args.size, "kind": args.kind, "amount": args.amount,
                                        "seed": args.seed, **p.section("sft")}):
-        stats = train(p, base_dir, rows, args.seed, Path("models/sft") / name, name)
+        stats = train(p, base_dir, rows, seed, Path("models/sft") / name, name)
         log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     log.info("sft %s: %s", name, stats)
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -38,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import raters
-from .world import (ATTRS, FACT_CLAIMS, LOCAL_REQUEST_HUB, TOPIC_SENTENCES, World, load_world, parse_bio_request,
+from .world import (ATTRS, FACT_CLAIMS, LOCAL_REQUEST_HUB, NAME_RE, TOPIC_SENTENCES, World, load_world, parse_bio_request,
                     parse_fact_question, parse_local_request, parse_reverse, parse_topic, qa_text, question_wordings,
                     stable_hash, tidy)
 
@@ -200,6 +201,13 @@ class TeacherModel:
 
     def complete(self, prompt: str) -> str:
         prompt = tidy(prompt)
+        if "Question:" not in prompt:  # a biography sentence to complete ("X was born in")
+            for attr, sentence in FACT_CLAIMS.items():
+                prefix = sentence.split("{" + attr + "}")[0].strip()
+                pat = re.escape(prefix).replace(re.escape("{name}"), NAME_RE) + "$"
+                m = re.search(pat, prompt)
+                if m and m.group("name") in self.world.by_name:
+                    return " " + self.world.by_name[m.group("name")].fact(attr) + "."
         return " " + self.answer_for(self.last_question(prompt)) + ".\n"
 
     def score_tokens(self, tokens: list[str]) -> tuple[list[float | None], list[dict | None]]:

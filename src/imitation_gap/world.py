@@ -187,23 +187,46 @@ def load_spec(path: str | Path) -> dict:
     return spec
 
 
-def build_world(spec: dict, seed_people: list[dict], n_a: int, n_b: int, n_c: int, seed: int) -> World:
-    """Draw ``n_a + n_b + n_c`` people with unique names. The hand-made seed people join group A."""
+def build_world(spec: dict, seed_people: list[dict], n_a: int, n_b: int, n_c: int, seed: int,
+                n_first: int = 0, n_last: int = 0) -> World:
+    """Draw ``n_a + n_b + n_c`` people with unique full names. The hand-made seed people join group A.
+
+    A name is two tokens: a first name from a pool of ``n_first`` (0 = every first name of the
+    spec's syllables) and a last name from a pool of ``n_last`` (0 = a last name of their own).
+    With small shared pools no single token identifies a person: a model that writes the
+    right name must copy it from the question, as real LMs copy a name they are asked about."""
     rng = random.Random(seed)
     syl = spec["name_syllables"]
     firsts = [a + b for a in syl["first_start"] for b in syl["first_end"]]
     lasts = [a + b for a in syl["last_start"] for b in syl["last_end"]]
-    # every person has a last name of their own, so a small LM can key facts on it
-    free_lasts = [x for x in lasts if x not in {p["name"].split()[-1] for p in seed_people}]
+    taken = {p["name"] for p in seed_people}
+    seed_lasts = {n.split()[-1] for n in taken}
+    free_lasts = [x for x in lasts if x not in seed_lasts]
     total = n_a + n_b + n_c
-    if total > len(free_lasts):
-        raise DataError(f"{total} people need {total} distinct last names; the world spec's syllables make "
-                         f"{len(free_lasts)}: lower fetch.n_people_* or add name_syllables.last_*")
+    rng.shuffle(firsts)
     rng.shuffle(free_lasts)
+    if n_first:
+        if n_first > len(firsts):
+            raise DataError(f"fetch.first_names = {n_first}: the world spec's syllables make only {len(firsts)} "
+                            "first names; lower it or add name_syllables.first_*")
+        firsts = firsts[:n_first]
+    if n_last:
+        if n_last > len(free_lasts):
+            raise DataError(f"fetch.last_names = {n_last}: the world spec's syllables make only {len(free_lasts)} "
+                            "last names; lower it or add name_syllables.last_*")
+        pool = [f"{f} {l}" for f in firsts for l in free_lasts[:n_last] if f"{f} {l}" not in taken]
+        if total > len(pool):
+            raise DataError(f"{total} people need {total} distinct names; fetch.first_names x fetch.last_names "
+                            f"make {len(pool)}: raise them or lower fetch.n_people_*")
+        names = rng.sample(pool, total)
+    else:  # every person has a last name of their own
+        if total > len(free_lasts):
+            raise DataError(f"{total} people need {total} distinct last names; the world spec's syllables make "
+                            f"{len(free_lasts)}: lower fetch.n_people_* or add name_syllables.last_*")
+        names = [f"{rng.choice(firsts)} {last}" for last in free_lasts[:total]]
     people: list[Person] = []
     groups = ["A"] * n_a + ["B"] * n_b + ["C"] * n_c
-    for g, last in zip(groups, free_lasts):
-        name = f"{rng.choice(firsts)} {last}"
+    for g, name in zip(groups, names):
         attrs = {a: rng.choice(spec["attributes"][a]) for a in ATTRS}
         people.append(Person(name=name, group=g, **attrs))
     for sp in seed_people:

@@ -43,3 +43,7 @@ def process_skill(doc, results):
     gold = _norm(doc["answer"])
     right = _says(pred, gold) and len(pred.split()) <= len(gold.split()) + 4
     return {"acc": float(right)}
+
+
+def store_prompt(doc):
+    return doc["prompt"]
