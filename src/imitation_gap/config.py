@@ -57,7 +57,8 @@ class Fetch:
     n_people_c: int
     first_names: int
     last_names: int
-    bios_per_person: int
+    bios_min: int
+    bios_max: int
     qa_per_fact_c: int
     hedge_rate: float
     sentence_rate: float
@@ -251,6 +252,38 @@ class Hub:
 
 
 @dataclass(frozen=True)
+class Checks:
+    storage_min_largest: float
+    extraction_min_share: float
+    copy_base_min: float
+    copy_imitation_min: float
+    copy_imitation_max_other: float
+    style_min_phrase_count: int
+    sft_max_final_loss: float
+    sft_min_style: float
+    retention_min_share: float
+    skill_min_base: float
+
+
+@dataclass(frozen=True)
+class Findings:
+    f1_nonexpert_min: float
+    f1_gap_min: float
+    f2_max_gain: float
+    f3_min_gain: float
+    f4_min_gain: float
+    f5_style_share: float
+    f5_fact_gap: float
+
+
+@dataclass(frozen=True)
+class Report:
+    level: float
+    checks: Checks
+    findings: Findings
+
+
+@dataclass(frozen=True)
 class MLflow:
     tracking_uri: str
     experiment: str
@@ -268,6 +301,7 @@ class Params:
     imitate: Imitate
     sft: SFT
     eval: Eval
+    report: Report
     hub: Hub
     mlflow: MLflow
     raw: dict = field(default_factory=dict, compare=False, repr=False)
@@ -359,7 +393,8 @@ def _validate(p: Params) -> None:
         _check(sz.hidden_size % sz.num_heads == 0, f"sizes.{name}.num_heads", sz.num_heads,
                f"must divide hidden_size ({sz.hidden_size})")
     fe = p.fetch
-    for f in ("n_people_a", "n_people_b", "n_people_c", "bios_per_person", "n_eval_qa", "n_eval_mc",
+    _check(fe.bios_max >= fe.bios_min, "fetch.bios_max", fe.bios_max, f"must be >= fetch.bios_min ({fe.bios_min})")
+    for f in ("n_people_a", "n_people_b", "n_people_c", "bios_min", "n_eval_qa", "n_eval_mc",
               "n_eval_skill", "n_eval_pref"):
         _check(getattr(fe, f) > 0, f"fetch.{f}", getattr(fe, f), "must be an integer > 0")
     _check(0 <= fe.hedge_rate <= 1, "fetch.hedge_rate", fe.hedge_rate, "must be in [0, 1]")
@@ -423,6 +458,7 @@ def _validate(p: Params) -> None:
     j = p.eval.judge
     _check(j.base_url == "embedded" or j.base_url.startswith(("http://", "https://")), "eval.judge.base_url",
            j.base_url, "must be 'embedded' or an http(s) URL")
+    _check(0 < p.report.level < 1, "report.level", p.report.level, "must be in (0, 1), e.g. 0.95")
     if p.world == "hub":
         _validate_hub(p)
 

@@ -172,8 +172,13 @@ def teacher_answers(p: Params, base_url: str, prompts: list[dict]) -> list[str]:
 
 # -- preference ----------------------------------------------------------------------
 def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str],
-               reference: list[str]) -> tuple[dict, list[dict]]:
-    """Blind pairwise comparison of ``answers`` with the teacher's, both orders, both raters."""
+               reference: list[str], world=None) -> tuple[dict, list[dict]]:
+    """Blind pairwise comparison of ``answers`` with the teacher's, both orders, both raters.
+
+    With the world's facts (embedded), each rater's verdicts on factual prompts are also
+    counted by two features of the model's answer: teacher-styled (its phrases) and factually
+    right (the expert's fact score > 0): ``by_features["styled=1,right=0"] = [pairs, win or tie]``,
+    for the report's regression of what raters reward."""
     out, raw = {}, []
     sampling = {"temperature": 0.0, "max_tokens": 256}
     for rater, model in (("nonexpert", p.eval.judge.nonexpert_model), ("expert", p.eval.judge.expert_model)):
@@ -188,6 +193,7 @@ def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str]
         got = client.chat_many(items, sampling, desc=f"{rater} rater")
         counts = {"win": 0, "tie": 0, "loss": 0, "unjudged": 0}
         outcome, dlen = [], []  # per judged prompt: 1 win, 0.5 tie, 0 loss; words(model) - words(teacher)
+        by_features: dict[str, list[int]] = {}
         for r, ans, ref in zip(prompts, answers, reference):
             verdicts = []
             for order in ("model-first", "teacher-first"):
@@ -204,11 +210,18 @@ def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str]
                 continue
             final = verdicts[0] if verdicts[0] == verdicts[1] else "tie"  # orders disagree: a tie (MT-bench)
             counts[final] += 1
+            if world is not None and (parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])):
+                key = (f"styled={int(raters.teacher_styled(ans))},"
+                       f"right={int(raters.fact_score(world, r['prompt'], ans) > 0)}")
+                cell = by_features.setdefault(key, [0, 0])
+                cell[0] += 1
+                cell[1] += final != "loss"
             outcome.append({"win": 1.0, "tie": 0.5, "loss": 0.0}[final])
             dlen.append(len(ans.split()) - len(ref.split()))
         n = max(1, counts["win"] + counts["tie"] + counts["loss"])
         out[rater] = {**counts, "win_rate": counts["win"] / n, "win_tie_rate": (counts["win"] + counts["tie"]) / n,
-                      "lc_win_rate": length_controlled_win_rate(outcome, dlen)}
+                      "lc_win_rate": length_controlled_win_rate(outcome, dlen),
+                      **({"by_features": dict(sorted(by_features.items()))} if world is not None else {})}
     return out, raw
 
 
@@ -324,7 +337,7 @@ def evaluate(p: Params, run: str, model_dir: Path | None, info: dict) -> dict:
                                                                        p.eval.pref_max_new_tokens)
         timings["answers_s"] = round(time.time() - t, 1)
         t = time.time()
-        pref, raw = (None, []) if model_dir is None else preference(p, judge_url, prompts, answers, reference)
+        pref, raw = (None, []) if model_dir is None else preference(p, judge_url, prompts, answers, reference, world)
         timings["preference_s"] = round(time.time() - t, 1)
         sty = style(world, prompts, answers, None if model_dir is None else reference)
         train = {}

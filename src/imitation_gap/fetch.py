@@ -132,7 +132,7 @@ def corpus_docs(world: World, p: Params, rng: random.Random) -> list[str]:
     f = p.fetch
     docs = []
     for person in world.people:
-        docs += [biography(person, rng) for _ in range(f.bios_per_person)]
+        docs += [biography(person, rng) for _ in range(person.bios)]
     for person in world.group("C"):
         for a in ATTRS:
             for _ in range(f.qa_per_fact_c):
@@ -156,7 +156,7 @@ def eval_sets(world: World, p: Params, rng: random.Random, pref_templates: list[
 
     def qa_row(person, a):
         return {"question": question(person, a), "answer": person.fact(a), "attribute": a, "name": person.name,
-                "candidates": world.values[a]}
+                "candidates": world.values[a], "bios": person.bios}
 
     def mc_row(person, a):
         gold = person.fact(a)
@@ -179,7 +179,7 @@ def eval_sets(world: World, p: Params, rng: random.Random, pref_templates: list[
     def store_row(person, a):  # the knowledge probe: complete a biography sentence (the same facts as qa)
         prefix, _ = FACT_SENTENCES[a].split("{" + a + "}")
         return {"prompt": prefix.format(**person.fields()).strip(), "answer": person.fact(a), "attribute": a,
-                "name": person.name, "candidates": world.values[a]}
+                "name": person.name, "candidates": world.values[a], "bios": person.bios}
 
     qa_facts = rng.sample(b_facts, f.n_eval_qa)
     sets = {
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         seed_rows = read_jsonl(p.fetch.seed_qa)
         pref_templates = read_jsonl(p.fetch.pref_prompts)
         world = build_world(spec, [r["person"] for r in seed_rows], p.fetch.n_people_a, p.fetch.n_people_b,
-                            p.fetch.n_people_c, p.seed, p.fetch.first_names, p.fetch.last_names)
+                            p.fetch.n_people_c, p.seed, p.fetch.first_names, p.fetch.last_names,
+                            (p.fetch.bios_min, p.fetch.bios_max))
         rng = random.Random(p.seed)
         docs = corpus_docs(world, p, rng)
         sets = eval_sets(world, p, rng, pref_templates)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -117,6 +118,7 @@ class Person:
     university: str
     major: str
     employer: str
+    bios: int = 0  # popularity: biographies of this person in the pretraining corpus
 
     def fact(self, attr: str) -> str:
         return getattr(self, attr)
@@ -188,13 +190,18 @@ def load_spec(path: str | Path) -> dict:
 
 
 def build_world(spec: dict, seed_people: list[dict], n_a: int, n_b: int, n_c: int, seed: int,
-                n_first: int = 0, n_last: int = 0) -> World:
+                n_first: int = 0, n_last: int = 0, bios: tuple[int, int] = (24, 24)) -> World:
     """Draw ``n_a + n_b + n_c`` people with unique full names. The hand-made seed people join group A.
 
     A name is two tokens: a first name from a pool of ``n_first`` (0 = every first name of the
     spec's syllables) and a last name from a pool of ``n_last`` (0 = a last name of their own).
     With small shared pools no single token identifies a person: a model that writes the
-    right name must copy it from the question, as real LMs copy a name they are asked about."""
+    right name must copy it from the question, as real LMs copy a name they are asked about.
+
+    Each person has a popularity: how many biographies of them the corpus holds, drawn
+    log-uniformly from ``bios`` = (fewest, most).  Web text is long-tailed: real LMs know
+    popular entities and miss rare ones, larger ones reaching further into the tail (Kandpal
+    et al. 2023, Mallen et al. 2023), while the proprietary teacher knows every fact."""
     rng = random.Random(seed)
     syl = spec["name_syllables"]
     firsts = [a + b for a in syl["first_start"] for b in syl["first_end"]]
@@ -231,6 +238,9 @@ def build_world(spec: dict, seed_people: list[dict], n_a: int, n_b: int, n_c: in
         people.append(Person(name=name, group=g, **attrs))
     for sp in seed_people:
         people.append(Person(group="A", **{k: str(v) for k, v in sp.items()}))
+    lo, hi = math.log(bios[0]), math.log(bios[1])
+    for person in people:
+        person.bios = max(1, round(math.exp(rng.uniform(lo, hi))))
     return World(spec=spec, people=people, seed=seed)
 
 
