@@ -1,84 +1,43 @@
-"""Stage `imitate-dataset`: imitation data from the teacher, through the ``openai`` client.
+"""Imitation data from teacher answers, the same in both worlds: the world-independent half of stage
+``imitate-dataset`` (:mod:`imitation_gap.stages.imitate_dataset`; the worlds supply the prompts or transcripts).
 
-Two kinds, as in the paper:
-
-* **broad** (ShareGPT-Mix analogue): a mix of generic requests (reverse a list of
-  words, write about a topic) and, for ``imitate.broad_fact_share`` of prompts,
-  questions about group-A people; the teacher answers in its own style;
-* **local** (NQ-synthetic analogue): the teacher is shown ``imitate.local_shots`` of the
-  hand-made seed QA pairs and asked for a new pair about a group-A person; each pair
-  becomes one terse question-answer chat.
-
-Prompts are drawn in a fixed, seeded order; duplicates are dropped; a prompt sharing an
-n-gram (``imitate.decontam_ngram``) with any eval prompt is removed.  Group-B people
-never appear.  For each amount in ``grid.amounts`` the stage writes the shortest prefix
-of the accepted rows holding at least that many tokens (chat template included), so a
-larger amount contains every smaller one.
-
-With ``imitate.harvest_path`` set, broad data comes instead from existing teacher
-transcripts in ShareGPT format (as the paper's ShareGPT-Mix did), deduplicated by first
-user turn, language-filtered and decontaminated the same way.
-
-With ``world: hub``, broad data is the ShareGPT-Mix pool that ``fetch`` built from
-``hub.broad`` (ShareGPT / HC3 transcripts: no new teacher calls), and local data is
-NQ-synthetic: the teacher of ``hub.teacher`` writes new QA pairs from few-shot prompts
-over the seed questions of ``hub.local_seeds``.
-
-Outputs: ``data/imitation/<kind>/<amount>.jsonl`` and ``data/imitation/manifest.json``.
-
-Run: ``python -m imitation_gap.imitate_dataset`` (dvc: ``dvc repro imitate-dataset``).
+* :func:`build_kind`: ask the teacher, in batches of 256 prompts, until the largest amount of
+  ``grid.amounts`` is reached: prompts asked before are skipped, a question the teacher wrote
+  before is dropped, a prompt that names a held-out person is an error;
+* :func:`harvest_kind`: :class:`Transcripts` (existing chats, e.g. ShareGPT) instead of new teacher calls;
+* both decontaminate: a row whose user text shares a word n-gram (``imitate.decontam_ngram``)
+  with any eval prompt is removed (:func:`eval_ngrams`, :func:`contaminated`);
+* token accounting: each accepted row gets its id and its token count, chat template included
+  (:func:`accept`); :func:`prefix_for` cuts the shortest prefix holding an amount, so a larger
+  amount contains every smaller one.
 """
 
 from __future__ import annotations
 
-import argparse
-import random
 import re
-from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
-from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
-from .config import DataError, Params, load_params
-from .llm import LLMClient
-from .teacher import cache_host, embedded_endpoint
-from .world import (ASPECTS, ATTRS, BIO_REQUEST, CHAT_QUESTIONS, LOCAL_REQUEST, QUESTIONS, TOPIC_REQUEST, World,
-                    all_triples, load_world, normalize, qa_text, reverse_question, tidy)
+from ..core.config import Params
+from ..core.errors import DataError
+from ..core.io import read_jsonl
+from ..core.text import normalize, tidy
 
 RAW = Path("data/raw")
-OUT = Path("data/imitation")
+
+Prompts = Iterator[tuple[str, dict]]
+"""What a world asks the teacher: ``(prompt, sampling)`` pairs, in a fixed, seeded order."""
 
 
-def broad_prompts(world: World, p: Params, rng: random.Random):
-    """An endless, seeded stream of broad prompts (duplicates are dropped later)."""
-    people = world.group("A")
-    train_topics, _ = world.topics_split()
-    triples = [t for t in all_triples(world.skill_words) if not world.triple_is_heldout(t, p.fetch.skill_holdout)]
-    while True:
-        if rng.random() < p.imitate.broad_fact_share:
-            person = rng.choice(people)
-            r = rng.random()
-            if r < 0.2:
-                yield BIO_REQUEST.format(name=person.name)
-            else:
-                a = rng.choice(ATTRS)
-                tpl = rng.choice([QUESTIONS[a], *CHAT_QUESTIONS[a]])
-                yield tpl.format(name=person.name)
-        elif rng.random() < 0.85:
-            yield reverse_question(rng.choice(triples), chat=True)
-        else:
-            yield TOPIC_REQUEST.format(topic=rng.choice(train_topics))
+@dataclass
+class Transcripts:
+    """Imitation data that exists already (no teacher calls): chat rows, their reading stats, and where they
+    came from (for messages)."""
 
-
-def local_prompts(world: World, p: Params, rng: random.Random, seeds: list[dict]):
-    """Few-shot generation prompts: seed examples, then a request about an A person."""
-    facts = [(person, a) for person in world.group("A") for a in ATTRS]
-    for _ in range(p.imitate.local_rounds):  # each round asks about every fact once, with other shots
-        rng.shuffle(facts)
-        for person, a in facts:
-            shots = rng.sample(seeds, min(p.imitate.local_shots, len(seeds)))
-            examples = "\n".join(qa_text(s["question"], s["answer"]) for s in shots)
-            request = LOCAL_REQUEST.format(name=person.name, aspect=ASPECTS[a])
-            yield f"Here are some example questions and answers:\n{examples}\n{request}"
+    rows: list[dict]
+    stats: dict
+    where: str
 
 
 _QA_RE = re.compile(r"Question:\s*(?P<q>.+?)\s*\nAnswer:\s*(?P<a>.+)", re.S)
@@ -120,9 +79,9 @@ def accept(row: dict, rows: list[dict], kind: str, tok) -> int:
     return row["n_tokens"]
 
 
-def harvest_kind(p: Params, tok, grams: set, rows: list[dict], stats: dict, b_names: set[str],
-                 where: str) -> tuple[list[dict], dict]:
-    """Broad data from existing transcripts (``where``) instead of new teacher calls."""
+def harvest_kind(p: Params, tok, grams: set, src: Transcripts, b_names: set[str]) -> tuple[list[dict], dict]:
+    """Broad data from existing transcripts instead of new teacher calls."""
+    rows, stats, where = src.rows, src.stats, src.where
     out, removed, total = [], 0, 0
     for row in rows:
         text = " ".join(m["content"] for m in row["messages"] if m["role"] == "user")
@@ -138,29 +97,11 @@ def harvest_kind(p: Params, tok, grams: set, rows: list[dict], stats: dict, b_na
     return out, stats
 
 
-def build_kind(kind: str, client: LLMClient, world: World | None, p: Params, tok,
-               grams: set) -> tuple[list[dict], dict]:
-    from .harvest import LANG_FILTERS, load_sharegpt
-
-    b_names = {x.name for x in world.group("B")} if world else set()  # held-out people (embedded world)
-    rng = random.Random(f"{p.seed}-{kind}")
+def build_kind(kind: str, stream: Prompts, client: Any, p: Params, tok, grams: set,
+               b_names: set[str]) -> tuple[list[dict], dict]:
+    """Rows of ``kind`` from the teacher's answers to ``stream`` (``client``: an :class:`~imitation_gap.llm.client.LLMClient`),
+    until the largest amount; ``b_names``: held-out people no prompt may name."""
     default = {"temperature": p.teacher.temperature}
-    if kind == "broad" and world is None:  # hub: the ShareGPT-Mix pool of fetch
-        rows = [{"messages": r["messages"]} for r in read_jsonl(RAW / "broad_pool.jsonl")]
-        return harvest_kind(p, tok, grams, rows, {"records": len(rows), "source": "hub.broad"}, b_names,
-                            "the broad pool of hub.broad (data/raw/broad_pool.jsonl)")
-    if kind == "broad" and p.imitate.harvest_path:
-        rows, stats = load_sharegpt(p.imitate.harvest_path, LANG_FILTERS[p.imitate.harvest_language])
-        return harvest_kind(p, tok, grams, rows, stats, b_names,
-                            f"imitate.harvest_path = {p.imitate.harvest_path!r}")
-    if world is None:
-        from .hub import local_prompts_hub
-
-        stream = local_prompts_hub(p, rng, read_jsonl(RAW / "seed_qa.jsonl"))
-    elif kind == "broad":
-        stream = ((q, default) for q in broad_prompts(world, p, rng))
-    else:
-        stream = ((q, default) for q in local_prompts(world, p, rng, read_jsonl(RAW / "seed_qa.jsonl")))
     target = max(p.grid.amounts)
     seen: set[tuple[str, str]] = set()
     seen_rows: set[str] = set()
@@ -230,6 +171,7 @@ def build_kind(kind: str, client: LLMClient, world: World | None, p: Params, tok
 
 
 def prefix_for(rows: list[dict], amount: int) -> list[dict]:
+    """The shortest prefix of ``rows`` holding at least ``amount`` tokens."""
     out, total = [], 0
     for r in rows:
         if total >= amount:
@@ -237,46 +179,3 @@ def prefix_for(rows: list[dict], amount: int) -> list[dict]:
         out.append(r)
         total += r["n_tokens"]
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    p = load_params(args.params)
-    from transformers import AutoTokenizer
-
-    world = load_world(RAW / "world.json") if p.world == "embedded" else None
-    tok = AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
-    grams = eval_ngrams(p.imitate.decontam_ngram)
-    section = {"teacher": {k: v for k, v in p.section("teacher").items()}, "imitate": p.section("imitate"),
-               "amounts": p.grid.amounts, "kinds": p.grid.kinds}
-    with mlflow_run(p, "imitate-dataset", section), ExitStack() as stack:
-        base_url = p.teacher.base_url
-        if base_url == "embedded":  # (only in the embedded world: the hub's teacher is hub.teacher)
-            base_url = stack.enter_context(embedded_endpoint(RAW / "world.json", RAW / "tokenizer"))
-        client = LLMClient.from_params(p.teacher, base_url, cache_host=cache_host(p.teacher.base_url, RAW / "world.json"))
-        client.check_reachable("teacher.base_url")
-        manifest: dict = {"teacher": {"model": p.teacher.model,
-                                      "endpoint": "embedded" if p.teacher.base_url == "embedded" else client.host},
-                          "kinds": {}}
-        with atomic_dir(OUT) as out:
-            for kind in p.grid.kinds:
-                rows, stats = build_kind(kind, client, world, p, tok, grams)
-                files = {}
-                for amount in p.grid.amounts:
-                    part = prefix_for(rows, amount)
-                    write_jsonl(out / kind / f"{amount}.jsonl", part)
-                    files[str(amount)] = {"rows": len(part), "tokens": sum(r["n_tokens"] for r in part)}
-                manifest["kinds"][kind] = {**stats, "amounts": files}
-                log.info("imitate-dataset %s: %s", kind, stats)
-            manifest["calls"] = client.stats.as_dict()
-            manifest["cost_usd"] = client.stats.cost_usd
-            write_json(out / "manifest.json", manifest)
-        log_metrics({f"{k}.{m}": v for k, s in manifest["kinds"].items() for m, v in s.items()
-                     if isinstance(v, (int, float))} | {f"calls.{k}": v for k, v in client.stats.as_dict().items()
-                                                        if isinstance(v, (int, float))})
-
-
-if __name__ == "__main__":
-    run_cli(main)
