@@ -38,7 +38,7 @@ TINY = deep_update(yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_tex
 # What each stage imports before it does any work (its module, then what its functions import).
 IMPORTS = {
     "python (bare)": "pass",
-    "imitation_gap.common + config": "import imitation_gap.core.cli, imitation_gap.core.config",
+    "imitation_gap.core (cli + config)": "import imitation_gap.core.cli, imitation_gap.core.config",
     "mlflow": "import mlflow",
     "base": ("import imitation_gap.stages.base, imitation_gap.worlds.embedded.pretrain, torch, mlflow, datasets; from transformers import AutoTokenizer, "
              "DataCollatorForLanguageModeling, LlamaForCausalLM, Trainer, TrainingArguments"),
@@ -197,7 +197,7 @@ def lock_rewrite(reps: int) -> dict:
 
 
 def run(tmp: Path, reps: int, quick: bool = False) -> dict:
-    res = {"startup": startup(reps, keys=["python (bare)", "imitation_gap.common + config", "mlflow"]
+    res = {"startup": startup(reps, keys=["python (bare)", "imitation_gap.core (cli + config)", "mlflow"]
                               if quick else None)}
     res["lock"] = lock_rewrite(1 if quick else reps)
     if not quick:

@@ -115,7 +115,7 @@ def test_exp_run_new_amount_runs_only_new_cells(repro):
 
 @pytest.fixture()
 def warm_server():
-    """A warm server (imitation_gap.runner.warm), as the README starts one for `dvc exp run`; yields (env, its log)."""
+    """A warm server (imitation_gap.runner.warm), as docs/runner.md starts one for `dvc exp run`; yields (env, its log)."""
     from conftest import env
     from imitation_gap.runner import warm
 

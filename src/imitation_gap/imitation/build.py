@@ -99,8 +99,10 @@ def harvest_kind(p: Params, tok, grams: set, src: Transcripts, b_names: set[str]
 
 def build_kind(kind: str, stream: Prompts, client: Any, p: Params, tok, grams: set,
                b_names: set[str]) -> tuple[list[dict], dict]:
-    """Rows of ``kind`` from the teacher's answers to ``stream`` (``client``: an :class:`~imitation_gap.llm.client.LLMClient`),
-    until the largest amount; ``b_names``: held-out people no prompt may name."""
+    """Rows of ``kind`` from the teacher's answers to ``stream``, until the largest amount.
+
+    ``client``: an :class:`~imitation_gap.llm.client.LLMClient` (anything with its ``chat_many``);
+    ``b_names``: held-out people no prompt may name."""
     default = {"temperature": p.teacher.temperature}
     target = max(p.grid.amounts)
     seen: set[tuple[str, str]] = set()

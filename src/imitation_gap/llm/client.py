@@ -17,9 +17,9 @@
   with its reason (``rate_limit``, ``server_error``, ``timeout``, ``connection``, ``http_<code>``)
   and no attempt starts once the budget is spent.
 * **Bad responses.**  Truncated JSON, no ``choices`` or empty text is retried (by us)
-  ``malformed_retries`` times with backoff ``backoff_base * 2**n`` (capped at ``backoff_max``), then counted as a failure with its prompt id; it is never
-  returned as data.  More than ``max_failure_fraction`` failures raise
-  :class:`TooManyFailures`.
+  ``malformed_retries`` times with backoff ``backoff_base * 2**n`` (capped at ``backoff_max``),
+  then counted as a failure with its prompt id; it is never returned as data.  More than
+  ``max_failure_fraction`` failures raise :class:`TooManyFailures`.
 * **Budget.**  Caps on requests, tokens and dollars (from a price table); on reaching
   one, no new request starts, the ones in flight finish and are cached, and
   :class:`BudgetExceeded` says what to change.  Both errors are

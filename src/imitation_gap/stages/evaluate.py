@@ -74,8 +74,8 @@ def capability(p: Params, world: World, lm, is_teacher: bool = False) -> tuple[d
         by_shots.setdefault(t.shots, []).append(t)
     for shots, group in by_shots.items():
         out = simple_evaluate(model=lm, tasks=[t.name for t in group], num_fewshot=shots, task_manager=tm,
-                              log_samples=p.eval.log_samples, **options, random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed,
-                              fewshot_random_seed=p.seed, bootstrap_iters=0)
+                              log_samples=p.eval.log_samples, random_seed=p.seed, numpy_random_seed=p.seed,
+                              torch_random_seed=p.seed, fewshot_random_seed=p.seed, bootstrap_iters=0, **options)
         for t in group:
             scores[t.role] = pick_metric(out["results"][t.name], t.metric, t.name)
             rows = []

@@ -1,9 +1,9 @@
 """The two blind pairwise raters of the embedded world, the judge prompt they read, and the style detectors.
 
 Both raters see only the question and two anonymous answers, labelled A and B, in the
-MT-bench pairwise format below (which every judge, embedded or not, is sent).  They never learn which system wrote which answer.  The
-caller asks twice, with the answers swapped, and counts a win only when both orders
-agree (MT-bench's rule: an inconsistent pair is a tie).
+MT-bench pairwise format below (which every judge, embedded or not, is sent).  They never
+learn which system wrote which answer.  The caller asks twice, with the answers swapped, and
+counts a win only when both orders agree (MT-bench's rule: an inconsistent pair is a tie).
 
 * **non-expert** (stands in for crowd workers): has no access to the world's facts.  It
   scores *form* only: a usable answer (no unknown tokens, no loops, ends a sentence),
