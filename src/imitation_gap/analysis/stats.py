@@ -22,7 +22,10 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
     m = statistics.fmean(values)
     if len(values) < 2:
         return m, float("nan"), float("nan")
-    lo, hi = stats.t.interval(level, len(values) - 1, loc=m, scale=stats.sem(values))
+    se = float(stats.sem(values))
+    if se == 0:  # every seed the same: a zero-width interval (scipy calls a zero scale undefined)
+        return m, m, m
+    lo, hi = stats.t.interval(level, len(values) - 1, loc=m, scale=se)
     return m, float(lo), float(hi)
 
 
