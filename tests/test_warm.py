@@ -164,10 +164,10 @@ def test_started_stops_its_server_and_reports_one_that_could_not_start(tmp_path)
     """``warm.started`` (the runner's, the bench's and the test fixtures' way to start a server)."""
     from imitation_gap.runner import warm
 
-    shadow = tmp_path / "shadow" / "imitation_gap"  # a server module that dies at start-up
+    shadow = tmp_path / "shadow" / "imitation_gap" / "runner"  # a server module that dies at start-up
     shadow.mkdir(parents=True)
     (shadow / "warm.py").write_text("raise SystemExit('broken on purpose')\n")
-    broken = env() | {"PYTHONPATH": f"{shadow.parent}{os.pathsep}{env()['PYTHONPATH']}"}
+    broken = env() | {"PYTHONPATH": f"{shadow.parent.parent}{os.pathsep}{env()['PYTHONPATH']}"}
     with warm.started(tmp_path / "broken.log", env=broken) as srv:
         assert srv.socket is None and srv.env() == {warm.ENV: ""}
     assert "broken on purpose" in (tmp_path / "broken.log").read_text()
