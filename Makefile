@@ -25,12 +25,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 # data.dvc (hand-made inputs) comes from the remote bundled in the repo: no network needed.
-# The pipeline's independent stages run JOBS at a time (python -m imitation_gap.parallel: one
+# The pipeline's independent stages run JOBS at a time (python -m imitation_gap.runner.parallel: one
 # `dvc repro --single-item` per stage); `dvc repro` alone gives the same result, one stage at a time.
 JOBS ?= 2
 run: setup
 	dvc pull data.dvc
-	$(PY) -m imitation_gap.parallel --jobs $(JOBS)
+	$(PY) -m imitation_gap.runner.parallel --jobs $(JOBS)
 	@echo "Done: see REPORT.md, metrics/summary.json and plots/."
 
 # Two workers, one test file each at a time; the longest files start first.

@@ -16,18 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from . import common
 from .common import ROOT, run as sh, say, scratch_world
 
 PARTS = ("train", "client", "eval", "pipeline")
 
-QUICK_WORLD = {  # --quick: a tiny world so that the smoke run takes seconds
-    "grid": {"amounts": [2500]},
-    "fetch": {"n_people_a": 30, "n_people_b": 12, "n_people_c": 12, "bios_per_person": 4, "qa_per_fact_c": 1,
-              "skill_docs": 200, "n_eval_qa": 12, "n_eval_mc": 12, "n_eval_skill": 8, "n_eval_pref": 10},
-    "sizes": {"S": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2}},
-    "pretrain": {"batch_size": 8},
-    "sft": {"batch_size": 2},
+_TINY = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())  # the tests' tiny params
+QUICK_WORLD = {  # --quick: the tests' tiny world, so that the smoke run takes seconds
+    "grid": {"amounts": [2500]}, "fetch": _TINY["fetch"], "sizes": {"S": _TINY["sizes"]["S"]},
+    "pretrain": {"batch_size": 8}, "sft": {"batch_size": 2},
 }
 EVAL_MODEL = {"size": "M", "steps": 60}  # the model the eval bench times: base M, pretrained 60 steps
 
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"bench: parts {parts}, {reps} repetition(s){' (quick)' if args.quick else ''}")
     tmp = Path(tempfile.mkdtemp(prefix="ig-bench-"))
     try:
-        from imitation_gap.config import load_params
+        from imitation_gap.core.config import load_params
 
         if any(x in parts for x in ("train", "client", "eval")):
             say("setup: scratch world (stages fetch and imitate-dataset, default params)")
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             scratch_world(world, over, imitate=False)
             t_fetch = time.perf_counter() - t
             t = time.perf_counter()
-            sh([sys.executable, "-m", "imitation_gap.imitate_dataset"], world)
+            sh([sys.executable, "-m", "imitation_gap.stages.imitate_dataset"], world)
             res["setup"] = {"fetch_stage_s": t_fetch, "imitate_stage_s": time.perf_counter() - t}
             p = load_params(world / "params.yaml")
         snaps["train"] = common.cpu_snapshot()
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             raw["pretrain"]["steps"] = steps
             (world / "params_eval.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
             t = time.perf_counter()
-            sh([sys.executable, "-m", "imitation_gap.base", "--size", size, "--params", "params_eval.yaml"], world)
+            sh([sys.executable, "-m", "imitation_gap.stages.base", "--size", size, "--params", "params_eval.yaml"], world)
             wall = time.perf_counter() - t
             pe = load_params(world / "params_eval.yaml")
             res["eval"] = evalbench.run(world, pe, world / "models/base" / size, reps,

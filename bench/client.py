@@ -18,7 +18,7 @@ CONCURRENCY = (1, 4, 16, 64)
 
 
 def prompts(world: Path, n: int) -> list[tuple[str, list[dict]]]:
-    from imitation_gap.common import read_jsonl
+    from imitation_gap.core.io import read_jsonl
 
     seen, out = set(), []
     for path in sorted((world / "data/imitation").glob("*/*.jsonl")):
@@ -33,8 +33,8 @@ def prompts(world: Path, n: int) -> list[tuple[str, list[dict]]]:
 
 
 def run(world: Path, p, reps: int, n: int, quick: bool = False) -> dict:
-    from imitation_gap.llm import LLMClient
-    from imitation_gap.teacher import embedded_endpoint
+    from imitation_gap.llm.client import LLMClient
+    from imitation_gap.worlds.embedded.teacher import embedded_endpoint
 
     items = prompts(world, n)
     sampling = {"temperature": p.teacher.temperature, "max_tokens": p.teacher.max_tokens}

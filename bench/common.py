@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from imitation_gap.common import deep_update
+from imitation_gap.core.io import deep_update
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -69,9 +69,9 @@ def scratch_world(dest: Path, overrides: dict | None = None, imitate: bool = Tru
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "params.yaml").write_text(yaml.safe_dump(params_with(overrides or {}), sort_keys=False))
     shutil.copytree(ROOT / "data" / "inputs", dest / "data" / "inputs", dirs_exist_ok=True)
-    run([sys.executable, "-m", "imitation_gap.fetch"], dest)
+    run([sys.executable, "-m", "imitation_gap.stages.fetch"], dest)
     if imitate:
-        run([sys.executable, "-m", "imitation_gap.imitate_dataset"], dest)
+        run([sys.executable, "-m", "imitation_gap.stages.imitate_dataset"], dest)
     return dest
 
 

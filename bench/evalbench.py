@@ -1,8 +1,8 @@
-"""Eval: seconds per model for each part of ``imitation_gap.evaluation``; lm-eval batch sizes.
+"""Eval: seconds per model for each part of ``imitation_gap.stages.evaluate``; lm-eval batch sizes.
 
 Method: in one process (imports already paid: the import cost is measured separately, in
 the start-up table), for one base model, each part is timed with the project's own
-functions: model load (``hf_lm``), lm-eval per task (``capability`` with one task),
+functions: model load (the world's ``checkpoint_lm``), lm-eval per task (``capability`` with one task),
 the model's answers to the preference prompts (``generate_answers``, which loads the
 model again), the teacher's answers (through the client, empty cache), both raters
 (``preference``), style metrics (``style``).  The fixed part of each lm-eval task (task
@@ -12,7 +12,6 @@ estimated by the same call with ``limit=1``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import time
@@ -35,19 +34,21 @@ def chdir(path: Path):
 
 
 def _with(p, **eval_kw):
-    return dataclasses.replace(p, eval=dataclasses.replace(p.eval, **eval_kw))
+    return p.model_copy(update={"eval": p.eval.model_copy(update=eval_kw)})
 
 
 def _one_task(p, lm, short: str, limit: int | None = None) -> float:
-    """``evaluation.capability`` restricted to one task (and ``limit`` docs); returns seconds."""
-    from imitation_gap import evaluation as ev
+    """``evaluate.capability`` restricted to one task (and ``limit`` docs); returns seconds."""
+    from imitation_gap.stages import evaluate as ev
+    from imitation_gap.worlds import embedded
+    from imitation_gap.worlds import get_world
 
-    saved = ev.TASKS
-    ev.TASKS = {short: saved[short]}
+    saved = embedded.TASKS
+    embedded.TASKS = {short: saved[short]}
     try:
         t = time.perf_counter()
         if limit is None:
-            ev.capability(p, lm)
+            ev.capability(p, get_world(p), lm)
         else:
             from lm_eval import simple_evaluate
 
@@ -56,25 +57,26 @@ def _one_task(p, lm, short: str, limit: int | None = None) -> float:
                             torch_random_seed=p.seed, fewshot_random_seed=p.seed, bootstrap_iters=0, limit=limit)
         return time.perf_counter() - t
     finally:
-        ev.TASKS = saved
+        embedded.TASKS = saved
 
 
 def _tm():
     from lm_eval.tasks import TaskManager
 
-    from imitation_gap import evaluation as ev
+    from imitation_gap.worlds import embedded
 
-    return TaskManager(include_path=str(ev.TASKS_DIR), include_defaults=False)
+    return TaskManager(include_path=str(embedded.TASKS_DIR), include_defaults=False)
 
 
 def run(world: Path, p, model_dir: Path, reps: int, batch_sizes=BATCH_SIZES, batch_limit: int = 40) -> dict:
     import torch
 
-    from imitation_gap import evaluation as ev
-    from imitation_gap.common import read_jsonl
-    from imitation_gap.llm import LLMClient
-    from imitation_gap.teacher import embedded_endpoint
-    from imitation_gap.world import load_world
+    from imitation_gap.core.io import read_jsonl
+    from imitation_gap.core.text import tidy
+    from imitation_gap.llm.client import LLMClient
+    from imitation_gap.stages import evaluate as ev
+    from imitation_gap.worlds import Endpoint, embedded, get_world
+    from imitation_gap.worlds.embedded.teacher import embedded_endpoint
 
     torch.set_num_threads(p.sft.threads)
     parts: dict[str, list[float]] = {}
@@ -84,14 +86,14 @@ def run(world: Path, p, model_dir: Path, reps: int, batch_sizes=BATCH_SIZES, bat
 
     with chdir(world), embedded_endpoint(ev.RAW / "world.json", ev.RAW / "tokenizer") as url, \
             tempfile.TemporaryDirectory() as cache:
-        world_obj = load_world(ev.RAW / "world.json")
+        world_obj = get_world(p)
         prompts = read_jsonl(ev.RAW / "eval" / "pref.jsonl")
         for rep in range(reps):
             say(f"eval: parts, rep {rep + 1}/{reps}")
             t = time.perf_counter()
-            lm = ev.hf_lm(p, model_dir)
+            lm = world_obj.checkpoint_lm(model_dir)
             add("model load (HFLM)", time.perf_counter() - t)
-            for short in ev.TASKS:
+            for short in embedded.TASKS:
                 add(f"lm-eval {short}", _one_task(p, lm, short))
                 add(f"lm-eval {short}: fixed (limit=1)", _one_task(p, lm, short, limit=1))
             del lm
@@ -100,27 +102,27 @@ def run(world: Path, p, model_dir: Path, reps: int, batch_sizes=BATCH_SIZES, bat
             add("answers (load + generate)", time.perf_counter() - t)
             # the teacher's answers and the raters through a fresh cache each rep (the stage's first run)
             rep_cache = Path(cache) / f"r{rep}"
-            pt = dataclasses.replace(p, teacher=dataclasses.replace(p.teacher, cache_dir=str(rep_cache)))
+            pt = p.model_copy(update={"teacher": p.teacher.model_copy(update={"cache_dir": str(rep_cache)})})
             t = time.perf_counter()
             cl = LLMClient.from_params(pt.teacher, url, progress=False)
             got = cl.chat_many([(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in prompts],
                                {"temperature": p.teacher.temperature, "max_tokens": p.teacher.max_tokens})
-            reference = [ev.tidy(got[r["id"]]["content"]) if r["id"] in got else "" for r in prompts]
+            reference = [tidy(got[r["id"]]["content"]) if r["id"] in got else "" for r in prompts]
             add("teacher answers (client)", time.perf_counter() - t)
             t = time.perf_counter()
-            ev.preference(pt, url, prompts, answers, reference)
+            ev.preference(pt, Endpoint(url), prompts, answers, reference)
             add("raters (preference, both)", time.perf_counter() - t)
             t = time.perf_counter()
-            ev.style(world_obj, prompts, answers, reference)
+            world_obj.style(prompts, answers, reference)
             add("style", time.perf_counter() - t)
         batches: dict[str, list[float]] = {}
         for b in batch_sizes:
             pb = _with(p, batch_size=b)
             for rep in range(reps):
                 say(f"eval: lm-eval batch size {b}, rep {rep + 1}/{reps} ({batch_limit} docs per task)")
-                lm = ev.hf_lm(pb, model_dir)
+                lm = get_world(pb).checkpoint_lm(model_dir)
                 t = time.perf_counter()
-                for short in ev.TASKS:
+                for short in embedded.TASKS:
                     _one_task(pb, lm, short, limit=batch_limit)
                 batches.setdefault(str(b), []).append(time.perf_counter() - t)
                 del lm

@@ -5,7 +5,7 @@ one) with tiny models and data (the ``TINY`` params below), so that every stage'
 time is almost all fixed cost: process start-up (imports), MLflow, DVC's own work
 (hashing, lock file, checkout).  A stage's time is the time between DVC's
 "Running stage" lines (the last stage: until `dvc repro` exits).  Then the same grid with
-`make run`'s runner (``python -m imitation_gap.parallel --jobs 2 --force``: two stages at a
+`make run`'s runner (``python -m imitation_gap.runner.parallel --jobs 2 --force``: two stages at a
 time, stage commands forked from the warm server), and `dvc exp run -S` with one changed eval
 param, one more seed and one more amount, each from the committed baseline and timed whole,
 with the stages it ran (stage commands warm too: a warm server named in
@@ -27,31 +27,24 @@ from pathlib import Path
 
 import yaml
 
+from imitation_gap.core.io import deep_update
+
 from .common import ROOT, env, median, params_with, say
 from .common import run as sh
 
-TINY = {
-    "grid": {"sizes": ["S"], "kinds": ["broad", "local"], "amounts": [300], "seeds": [0]},
-    "fetch": {"n_people_a": 30, "n_people_b": 12, "n_people_c": 12, "bios_per_person": 4, "qa_per_fact_c": 1,
-              "skill_docs": 200, "n_eval_qa": 12, "n_eval_mc": 12, "n_eval_skill": 8, "n_eval_pref": 10},
-    "sizes": {"S": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
-              "M": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
-              "L": {"hidden_size": 48, "intermediate_size": 96, "num_layers": 2, "num_heads": 2}},
-    "pretrain": {"steps": 8, "batch_size": 8, "seq_len": 32},
-    "sft": {"epochs": 1, "batch_size": 8},
-    "eval": {"batch_size": 16, "pref_max_new_tokens": 16},
-}
+# the tests' tiny params (tests/tiny_params.yaml), with one size
+TINY = deep_update(yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text()), {"grid": {"sizes": ["S"]}})
 
 # What each stage imports before it does any work (its module, then what its functions import).
 IMPORTS = {
     "python (bare)": "pass",
-    "imitation_gap.common + config": "import imitation_gap.common, imitation_gap.config",
+    "imitation_gap.core (cli + config)": "import imitation_gap.core.cli, imitation_gap.core.config",
     "mlflow": "import mlflow",
-    "base": ("import imitation_gap.base, torch, mlflow, datasets; from transformers import AutoTokenizer, "
+    "base": ("import imitation_gap.stages.base, imitation_gap.worlds.embedded.pretrain, torch, mlflow, datasets; from transformers import AutoTokenizer, "
              "DataCollatorForLanguageModeling, LlamaForCausalLM, Trainer, TrainingArguments"),
-    "sft": ("import imitation_gap.sft, torch, mlflow, datasets; from transformers import AutoModelForCausalLM, "
+    "sft": ("import imitation_gap.stages.sft, torch, mlflow, datasets; from transformers import AutoModelForCausalLM, "
             "AutoTokenizer; from trl import SFTConfig, SFTTrainer"),
-    "eval": ("import imitation_gap.evaluation, torch, mlflow, openai; from lm_eval import simple_evaluate; "
+    "eval": ("import imitation_gap.stages.evaluate, torch, mlflow, openai; from lm_eval import simple_evaluate; "
              "from lm_eval.models.huggingface import HFLM; from transformers import AutoModelForCausalLM"),
 }
 
@@ -104,8 +97,8 @@ _STAGE = re.compile(r"Running stage '([^']+)'")
 
 @contextmanager
 def warm_server(tmp: Path):
-    """A warm server (imitation_gap.warm) for stage commands: yields the environment that names it."""
-    from imitation_gap import warm
+    """A warm server (imitation_gap.runner.warm) for stage commands: yields the environment that names it."""
+    from imitation_gap.runner import warm
 
     with warm.started(tmp / "warm.log", env=env()) as srv:
         if not srv.socket:
@@ -151,7 +144,7 @@ def run_pipeline(tmp: Path, reps_noop: int = 3) -> dict:
     out["status"] = {"wall": median(w for w, _ in status), "cpu": median(c for _, c in status)}
     say(f"pipeline: dvc repro (nothing to do) {out['noop_repro']['wall']:.2f} s, dvc status "
         f"{out['status']['wall']:.2f} s")
-    say("pipeline: the same grid again with `make run`'s runner (python -m imitation_gap.parallel --jobs 2 --force)")
+    say("pipeline: the same grid again with `make run`'s runner (python -m imitation_gap.runner.parallel --jobs 2 --force)")
     out["parallel"] = timed_parallel(repo, jobs=2)
     sh("git add -A && git commit -qm parallel", repo)
     changes = [("change an eval param", ["eval.pref_max_new_tokens=12"]),
@@ -169,8 +162,8 @@ def run_pipeline(tmp: Path, reps_noop: int = 3) -> dict:
 
 
 def timed_parallel(repo: Path, jobs: int) -> dict:
-    """`python -m imitation_gap.parallel --force`: total wall, CPU, and its per-stage summary.json."""
-    wall, cpu = _timed_cmd([sys.executable, "-m", "imitation_gap.parallel", "--jobs", str(jobs), "--force"], repo)
+    """`python -m imitation_gap.runner.parallel --force`: total wall, CPU, and its per-stage summary.json."""
+    wall, cpu = _timed_cmd([sys.executable, "-m", "imitation_gap.runner.parallel", "--jobs", str(jobs), "--force"], repo)
     summary = json.loads((repo / ".dvc" / "tmp" / "repro-logs" / "summary.json").read_text())
     say(f"pipeline: parallel --jobs {jobs}: {wall:.1f} s wall, {cpu:.1f} s CPU")
     return {"jobs": jobs, "total": wall, "cpu": cpu, "stages": summary["stages"], "warm": summary.get("warm")}
@@ -179,7 +172,7 @@ def timed_parallel(repo: Path, jobs: int) -> dict:
 def lock_rewrite(reps: int) -> dict:
     """DVC's work on this checkout's ``dvc.lock`` (the default grid's) for every stage it runs, timed in-process:
     the safe parse (status), the round-trip parse + dump that writes the stage's entry (plain ``dvc``, under the
-    repo lock), and the safe parse + the same dump (``imitation_gap.dvcrun``, what ``make run`` calls)."""
+    repo lock), and the safe parse + the same dump (``imitation_gap.runner.dvcrun``, what ``make run`` calls)."""
     from dvc.utils.serialize._yaml import _dump, parse_yaml, parse_yaml_for_update
 
     import io
@@ -204,7 +197,7 @@ def lock_rewrite(reps: int) -> dict:
 
 
 def run(tmp: Path, reps: int, quick: bool = False) -> dict:
-    res = {"startup": startup(reps, keys=["python (bare)", "imitation_gap.common + config", "mlflow"]
+    res = {"startup": startup(reps, keys=["python (bare)", "imitation_gap.core (cli + config)", "mlflow"]
                               if quick else None)}
     res["lock"] = lock_rewrite(1 if quick else reps)
     if not quick:

@@ -174,7 +174,7 @@ def evaluation(res: dict) -> str:
     st = res.get("pipeline", {}).get("startup", {}).get("eval")
     s = ["## 3. Eval", "",
          f"**Method.** One model: base {b['size']} pretrained by the `base` stage for {b['steps']} steps (so that it "
-         "stops its answers as a trained model does). In one process, each part of `imitation_gap.evaluation` is "
+         "stops its answers as a trained model does). In one process, each part of `imitation_gap.stages.evaluate` is "
          "timed with the project's own functions: `hf_lm` (model load), `capability` restricted to one task, "
          "`generate_answers` (which loads the model again), the teacher's answers through the client (empty "
          "cache), `preference` (both raters, both orders, through the embedded judge endpoint), `style`. The "
@@ -229,7 +229,7 @@ def pipeline(res: dict) -> str:
                   f"{_f(lk['safe_parse_s'], 2)} s, rewrite **{_f(lk['rewrite_s'], 2)} s**. Stages cannot overlap "
                   f"there, so {lk['stages']} stages × that ≈ **{_f(lk['stages'] * lk['rewrite_s'] / 60, 1)} min** of "
                   "the study is serial whatever `--jobs` is, and the cost per stage grows with the grid (the lock "
-                  "has one entry per stage). `make run` calls DVC through `imitation_gap.dvcrun`, which parses a "
+                  "has one entry per stage). `make run` calls DVC through `imitation_gap.runner.dvcrun`, which parses a "
                   "comment-free `dvc.lock` with the safe (libyaml) loader before DVC's own dumper writes it (the "
                   f"same bytes): rewrite **{_f(lk['fast_rewrite_s'], 2)} s**, ≈ "
                   f"{_f(lk['stages'] * lk['fast_rewrite_s'] / 60, 1)} min serial for the study."]
@@ -266,9 +266,9 @@ def parallel_text(res: dict) -> str:
     par, rp = pl["parallel"], pl["repro"]
     cpu = sum(v["cpu_s"] for v in par["stages"].values())
     busy = cpu / (par["jobs"] * par["total"])
-    warm = ("stage commands forked from the warm server (`imitation_gap.warm`: torch, transformers, TRL, lm-eval "
+    warm = ("stage commands forked from the warm server (`imitation_gap.runner.warm`: torch, transformers, TRL, lm-eval "
             "and MLflow imported once)" if par.get("warm") else "stage commands cold")
-    return (f"**`make run`** (`python -m imitation_gap.parallel --jobs {par['jobs']}`: one "
+    return (f"**`make run`** (`python -m imitation_gap.runner.parallel --jobs {par['jobs']}`: one "
             "`dvc repro --single-item` per stage, a stage starting when its upstream stages are done; "
             f"{warm}), the same grid with `--force`: **{_f(par['total'], 1)} s** against {_f(rp['total'], 1)} s "
             f"for `dvc repro`, **{speedup(res):.2f}× faster**. Its stages used {_f(cpu, 0)} CPU-seconds in all "
@@ -300,7 +300,7 @@ def model_default(res: dict, seeds: int, sizes=("S", "M", "L"), kinds=2, amounts
     n_stages = 1 + len(sizes) + 1 + cells * 2 + 1 + len(sizes) + 1
     lk = pl.get("lock")
     # per stage: DVC's reads and rewrite of dvc.lock, scaled from the measured lock to this grid's stage count;
-    # make run (warm) calls DVC through imitation_gap.dvcrun (the safe parse before DVC's dump)
+    # make run (warm) calls DVC through imitation_gap.runner.dvcrun (the safe parse before DVC's dump)
     rewrite = (lk.get("fast_rewrite_s", lk["rewrite_s"]) if warm else lk["rewrite_s"]) if lk else 0.0
     lock = (rewrite + 2 * lk["safe_parse_s"]) * n_stages / lk["stages"] if lk else 0.0
     o = {k: v + lock for k, v in o.items()}
@@ -330,7 +330,7 @@ def make_run_estimate(res: dict, seeds: int) -> float | None:
         return None
     m = model_default(res, seeds, warm=True)
     lk = pl.get("lock")
-    rewrite = lk.get("fast_rewrite_s", lk["rewrite_s"]) if lk else 0.0  # make run's DVC: imitation_gap.dvcrun
+    rewrite = lk.get("fast_rewrite_s", lk["rewrite_s"]) if lk else 0.0  # make run's DVC: imitation_gap.runner.dvcrun
     serial = m["stages"] * rewrite * m["stages"] / lk["stages"] if lk else 0.0  # rewrites cannot overlap
     return max(m["total"] / pl["parallel"]["jobs"], serial)
 
@@ -436,17 +436,17 @@ def closing(res: dict) -> str:
          "raw loop's speed, and the pipeline's time going to what every stage process pays before and after its "
          "work (imports of torch, transformers, TRL, lm-eval and MLflow; MLflow's store; DVC), one stage at a "
          "time on a 2-core machine: a single-threaded cost that leaves the second core idle.", "",
-         "What changed: (1) `make run` runs two independent stages at a time (`imitation_gap.parallel`: one "
+         "What changed: (1) `make run` runs two independent stages at a time (`imitation_gap.runner.parallel`: one "
          "`dvc --wait-for-lock repro --single-item` per stage, DVC's own locks; same `dvc.lock`, run cache and "
          "MLflow runs as `dvc repro`); (2) one torch thread per stage (`pretrain.threads`, `sft.threads`), so "
          "the two stages do not oversubscribe the cores; section 1's figures are at that one thread, against a "
          "one-thread matmul peak; (3) the default grid has 3 seeds, the report's CIs run over them; (4) stage "
-         "commands start warm: the runner starts `imitation_gap.warm`, which imports torch, transformers, TRL, "
+         "commands start warm: the runner starts `imitation_gap.runner.warm`, which imports torch, transformers, TRL, "
          "lm-eval and MLflow once and forks a child per stage command (same outputs byte for byte; "
          "`--no-warm` / `REPRO_WARM=0` turns it off); (5) DVC reads `dvc.lock` with libyaml (`ruamel.yaml.clib`; "
          "ruamel.yaml 0.19 had dropped it, and its pure-Python parser took ~3 s of every `dvc` call on the "
          "154-stage lock); (6) the lm-eval tasks' prompts are Python functions, not Jinja strings that lm-eval "
-         "compiled ~4,700 times per model; (7) `make run` calls DVC through `imitation_gap.dvcrun`, which parses "
+         "compiled ~4,700 times per model; (7) `make run` calls DVC through `imitation_gap.runner.dvcrun`, which parses "
          "a comment-free `dvc.lock` with libyaml where DVC used ruamel's pure-Python round-trip loader for "
          "every stage's rewrite (section 4; the same bytes); (8) the eval stage makes one lm-eval call for its "
          "three tasks, not three (each call ran torch's environment report, `pip list` in a subprocess); "

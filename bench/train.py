@@ -134,8 +134,8 @@ def bench_pretrain(world: Path, p, sizes: list[str], reps: int, steps: dict) -> 
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM, set_seed
 
-    from imitation_gap import base
-    from imitation_gap.common import read_jsonl
+    from imitation_gap.worlds.embedded import pretrain as base
+    from imitation_gap.core.io import read_jsonl
 
     pt = p.pretrain
     torch.set_num_threads(pt.threads)
@@ -179,8 +179,8 @@ def bench_pretrain(world: Path, p, sizes: list[str], reps: int, steps: dict) -> 
 
 # -- SFT -----------------------------------------------------------------------------
 def sft_config(p, output_dir: Path, seed: int, steps: int, packing: bool, **overrides):
-    """The stage's own SFTConfig (``imitation_gap.sft.sft_config``), with packing switched as asked."""
-    from imitation_gap.sft import sft_config as stage_config
+    """The stage's own SFTConfig (``imitation_gap.stages.sft.sft_config``), with packing switched as asked."""
+    from imitation_gap.stages.sft import sft_config as stage_config
 
     return stage_config(p, output_dir, seed, steps, packing=packing, **overrides)
 
@@ -190,7 +190,7 @@ def sft_data(world: Path, kind: str, amount: int):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from imitation_gap.common import read_jsonl
+    from imitation_gap.core.io import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(str(world / "data/raw/tokenizer"))
     rows = read_jsonl(world / f"data/imitation/{kind}/{amount}.jsonl")
@@ -202,7 +202,7 @@ def padding_stats(world: Path, p, kinds: list[str], amount: int, sampling: str =
     from transformers import LlamaForCausalLM
     from trl import SFTTrainer
 
-    from imitation_gap import base
+    from imitation_gap.worlds.embedded import pretrain as base
 
     out = {}
     for kind in kinds:
@@ -229,7 +229,7 @@ def bench_sft(world: Path, p, sizes: list[str], reps: int, steps: dict, kind: st
     from transformers import LlamaForCausalLM, set_seed
     from trl import SFTTrainer
 
-    from imitation_gap import base
+    from imitation_gap.worlds.embedded import pretrain as base
 
     s = p.sft
     torch.set_num_threads(s.threads)
@@ -298,7 +298,7 @@ def bench_sampling(world: Path, p, size: str, kind: str, amount: int, reps: int)
     from transformers import LlamaForCausalLM, set_seed
     from trl import SFTTrainer
 
-    from imitation_gap import base
+    from imitation_gap.worlds.embedded import pretrain as base
 
     torch.set_num_threads(p.sft.threads)
     tok, rows, ds = sft_data(world, kind, amount)

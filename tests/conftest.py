@@ -11,23 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imitation_gap.common import deep_update
+from imitation_gap.core.io import deep_update
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-# Small enough for seconds per stage, large enough that every metric is defined.
-TINY = {
-    "grid": {"sizes": ["S", "M"], "kinds": ["broad", "local"], "amounts": [300], "seeds": [0]},
-    "fetch": {"n_people_a": 30, "n_people_b": 12, "n_people_c": 12, "bios_per_person": 4, "qa_per_fact_c": 1,
-              "skill_docs": 200, "n_eval_qa": 12, "n_eval_mc": 12, "n_eval_skill": 8, "n_eval_pref": 10},
-    "sizes": {"S": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
-              "M": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
-              "L": {"hidden_size": 48, "intermediate_size": 96, "num_layers": 2, "num_heads": 2}},
-    "pretrain": {"steps": 8, "batch_size": 8, "seq_len": 32, "threads": 1},
-    "sft": {"epochs": 1, "batch_size": 8, "threads": 1},  # one thread: `make test` runs two test workers
-    "eval": {"batch_size": 16, "pref_max_new_tokens": 16},
-}
+# Small enough for seconds per stage, large enough that every metric is defined (the one copy: bench/ reads it too).
+TINY = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
 
 
 _WARM: dict[str, str] = {}  # the socket of this test worker's warm server (see warm_stage_commands)
@@ -35,13 +25,13 @@ _WARM: dict[str, str] = {}  # the socket of this test worker's warm server (see 
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_stage_commands():
-    """One warm server (imitation_gap.warm) per test worker, as `make run` starts one: stage commands in the
+    """One warm server (imitation_gap.runner.warm) per test worker, as `make run` starts one: stage commands in the
     tests fork from it instead of importing torch & co. each time. A test that needs a cold command passes
     ``extra_env={"IMITATION_GAP_WARM": ""}``; IG_TESTS_COLD=1 runs the whole suite cold."""
     if os.environ.get("IG_TESTS_COLD") == "1":
         yield
         return
-    from imitation_gap import warm
+    from imitation_gap.runner import warm
 
     with warm.started(env=env()) as srv:
         if srv.socket:
@@ -110,8 +100,8 @@ def world_repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_world():
     """A small in-memory world from the hand-made inputs (data/inputs, pulled by `make test`)."""
-    from imitation_gap.common import read_jsonl
-    from imitation_gap.world import build_world, load_spec
+    from imitation_gap.core.io import read_jsonl
+    from imitation_gap.worlds.embedded.world import build_world, load_spec
 
     inputs = ROOT / "data" / "inputs"
     if not (inputs / "world_spec.yaml").exists():

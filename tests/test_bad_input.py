@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from imitation_gap.config import ConfigError, load_params
+from imitation_gap.core.config import load_params
+from imitation_gap.core.errors import ConfigError
 
 
 def params_with(tmp_path, **edits) -> str:
@@ -56,6 +57,14 @@ def test_bad_param_is_named(tmp_path, edit, expected):
         assert piece in str(e.value)
 
 
+def test_a_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("world: embedded\ngrid: [S, M\nseed: 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_params(f)
+    assert str(e.value).startswith(f"{f}:3:") and "not valid YAML" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_default_params_load():
     p = load_params(ROOT / "params.yaml")
     assert p.grid.sizes and all(s in p.sizes for s in p.grid.sizes)
@@ -63,14 +72,14 @@ def test_default_params_load():
 
 def test_cli_exits_nonzero_with_one_clear_line(tmp_path):
     path = params_with(tmp_path, **{"grid.amounts": [-1]})
-    r = run([sys.executable, "-m", "imitation_gap.report", "--params", path], tmp_path, check=False)
+    r = run([sys.executable, "-m", "imitation_gap.stages.report", "--params", path], tmp_path, check=False)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("error: params.yaml: grid.amounts[0] = -1")
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {path}: grid.amounts[0] = -1")  # the file read
     assert "Traceback" not in r.stderr
 
 
 def test_cli_rejects_a_size_not_in_params(world_repo):
-    r = run([sys.executable, "-m", "imitation_gap.sft", "--size", "XXL", "--kind", "broad", "--amount", "300"],
+    r = run([sys.executable, "-m", "imitation_gap.stages.sft", "--size", "XXL", "--kind", "broad", "--amount", "300"],
             world_repo, check=False)
     assert r.returncode == 2 and "--size 'XXL'" in r.stderr and "allowed" in r.stderr
 
@@ -91,7 +100,7 @@ def test_unreachable_teacher_stops_the_stage_and_keeps_old_outputs(world_repo, t
     params["teacher"]["base_url"] = f"http://127.0.0.1:{_closed_port()}/v1"
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
-    r = run([sys.executable, "-m", "imitation_gap.imitate_dataset", "--params", str(bad)], world_repo, check=False)
+    r = run([sys.executable, "-m", "imitation_gap.stages.imitate_dataset", "--params", str(bad)], world_repo, check=False)
     assert r.returncode == 2
     assert "teacher.base_url" in r.stderr and "cannot reach" in r.stderr
     # nothing half-written replaced the previous output
@@ -104,7 +113,7 @@ def test_malformed_imitation_data_is_named_with_its_line(world_repo):
     d.mkdir(parents=True, exist_ok=True)
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     (d / "300.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "bot"}]}) + "\n")
-    r = run([sys.executable, "-m", "imitation_gap.sft", "--size", "S", "--kind", "broad", "--amount", "300"],
+    r = run([sys.executable, "-m", "imitation_gap.stages.sft", "--size", "S", "--kind", "broad", "--amount", "300"],
             world_repo, check=False)
     assert r.returncode == 2
     assert "300.jsonl:2" in r.stderr and "assistant" in r.stderr
@@ -117,7 +126,7 @@ def test_too_large_amount_for_the_local_pool_says_how_to_fix(world_repo, tmp_pat
     params["grid"]["amounts"] = [10_000_000]
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
-    r = run([sys.executable, "-m", "imitation_gap.imitate_dataset", "--params", str(bad)], world_repo, check=False)
+    r = run([sys.executable, "-m", "imitation_gap.stages.imitate_dataset", "--params", str(bad)], world_repo, check=False)
     assert r.returncode == 2
     assert "grid.amounts" in r.stderr and "fetch.n_people_a" in r.stderr
 

@@ -26,7 +26,7 @@ def test_bench_quick_client_and_startup(tmp_path):
     assert set(c["concurrency"]) == {"1", "16"} and all(v["rps"] > 0 for v in c["concurrency"].values())
     assert c["cache_hit_rps"] > 0
     st = res["pipeline"]["startup"]
-    assert set(st) == {"python (bare)", "imitation_gap.common + config", "mlflow"}
+    assert set(st) == {"python (bare)", "imitation_gap.core (cli + config)", "mlflow"}
     assert all(v["wall"] > 0 and v["cpu"] >= 0 for v in st.values())
     md = out.read_text()
     for heading in ("# Benchmarks", "## Machine", "## 2. Teacher client", "## 4. Pipeline", "--quick"):

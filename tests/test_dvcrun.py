@@ -1,4 +1,4 @@
-"""`python -m imitation_gap.dvcrun` (the runner's `dvc`) writes the dvc.lock that `dvc` writes, byte for byte.
+"""`python -m imitation_gap.runner.dvcrun` (the runner's `dvc`) writes the dvc.lock that `dvc` writes, byte for byte.
 
 Two copies of one pipeline of script stages, whose lock entries hold what the study's do (nested
 params, floats, empty strings, lists of dicts, a command and a value long enough to be folded):
@@ -49,7 +49,7 @@ def twin(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def wrapper(repo: Path, *args: str):
-    return run([sys.executable, "-m", "imitation_gap.dvcrun", *args], repo)
+    return run([sys.executable, "-m", "imitation_gap.runner.dvcrun", *args], repo)
 
 
 def test_the_wrapper_writes_the_same_lock_as_dvc(twin):
@@ -90,7 +90,7 @@ def test_a_lock_with_a_comment_keeps_it(twin):
 def test_the_fast_loader_reads_what_the_round_trip_loader_reads():
     from dvc.utils.serialize import _yaml
 
-    from imitation_gap import dvcrun
+    from imitation_gap.runner import dvcrun
 
     text = (Path(__file__).resolve().parents[1] / "dvc.lock").read_text()
     original = _yaml.parse_yaml_for_update

@@ -6,11 +6,11 @@ import json
 import sys
 
 from conftest import run
-from imitation_gap.common import read_jsonl
+from imitation_gap.core.io import read_jsonl
 
 
 def test_eval_stage_on_a_tiny_base_checkpoint(world_repo):
-    r = run([sys.executable, "-m", "imitation_gap.evaluation", "--size", "S"], world_repo)
+    r = run([sys.executable, "-m", "imitation_gap.stages.evaluate", "--size", "S"], world_repo)
     m = json.loads((world_repo / "metrics" / "runs" / "S-base.json").read_text())
     assert m["run"] == "S-base" and m["kind"] == "base"
     for task in ("qa", "mc", "skill"):

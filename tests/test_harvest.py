@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from imitation_gap.config import DataError
-from imitation_gap.harvest import LANG_FILTERS, ascii_ratio, english_heuristic, load_sharegpt, make_ascii_filter
+from imitation_gap.core.errors import DataError
+from imitation_gap.imitation.harvest import LANG_FILTERS, ascii_ratio, english_heuristic, load_sharegpt, make_ascii_filter
 
 
 def conv(*turns: tuple[str, str], **extra) -> dict:
@@ -115,7 +115,7 @@ def test_imitate_dataset_stage_in_harvest_mode(world_repo, tmp_path):
     params["grid"].update({"kinds": ["broad"], "amounts": [20, 40]})
     params["imitate"]["harvest_path"] = str(dump)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    r = subprocess.run([sys.executable, "-m", "imitation_gap.imitate_dataset", "--params", str(tmp_path / "params.yaml")],
+    r = subprocess.run([sys.executable, "-m", "imitation_gap.stages.imitate_dataset", "--params", str(tmp_path / "params.yaml")],
                        cwd=world_repo, env=env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((world_repo / "data" / "imitation" / "manifest.json").read_text())

@@ -101,7 +101,7 @@ def src(fmt: str, data_files: str) -> dict:
 
 @pytest.fixture(scope="module")
 def hub_repo(world_repo, tmp_path_factory):
-    from imitation_gap.teacher import embedded_endpoint
+    from imitation_gap.worlds.embedded.teacher import embedded_endpoint
 
     d = tmp_path_factory.mktemp("hub")
     world = json.loads((world_repo / "data/raw/world.json").read_text())
@@ -191,7 +191,7 @@ def test_sft_under_accelerate_launch_two_cpu_processes(hub_repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sft"] |= {"num_processes": 2, "accelerate_config": "configs/accelerate/cpu_ddp.yaml", "threads": 1}
     (repo / "params-ddp.yaml").write_text(yaml.safe_dump(params))
-    run(["python", "-m", "imitation_gap.sft", "--size", "S", "--kind", "local", "--amount", "300", "--seed", "0",
+    run(["python", "-m", "imitation_gap.stages.sft", "--size", "S", "--kind", "local", "--amount", "300", "--seed", "0",
          "--params", "params-ddp.yaml"], repo)
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["processes"] == 2
@@ -199,8 +199,8 @@ def test_sft_under_accelerate_launch_two_cpu_processes(hub_repo):
 
 
 def test_preset_task_names_exist_in_lm_eval_and_code_eval_is_opt_in():
-    from imitation_gap import hub
-    from imitation_gap.config import load_params
+    from imitation_gap.core.config import load_params
+    from imitation_gap.worlds.hub import tasks as hub
 
     p = load_params(ROOT / "params.yaml")
     tm = hub.task_manager(p)

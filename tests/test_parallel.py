@@ -1,4 +1,4 @@
-"""`python -m imitation_gap.parallel` (what `make run` uses) on a small DVC pipeline of scripts.
+"""`python -m imitation_gap.runner.parallel` (what `make run` uses) on a small DVC pipeline of scripts.
 
 The pipeline: root -> x1, x2, x3 (independent) -> join.  Each stage's script records when it
 started and ended in its output, so the tests can see what ran side by side.
@@ -56,7 +56,7 @@ def dag(tmp_path: Path) -> Path:
 
 def parallel(repo: Path, *args: str, check: bool = True):
     # script stages: no Python stage command to start warm (tests/test_warm.py and the pipeline tests do)
-    return run([sys.executable, "-m", "imitation_gap.parallel", "--no-warm", *args], repo, check=check)
+    return run([sys.executable, "-m", "imitation_gap.runner.parallel", "--no-warm", *args], repo, check=check)
 
 
 def stamps(repo: Path) -> dict:
@@ -138,7 +138,7 @@ def test_sigterm_stops_the_running_stages_and_the_next_run_resumes(dag):
     params = yaml.safe_load((dag / "params.yaml").read_text())
     params["sleep"].update({"x1": 300, "x2": 300, "x3": 0.2})
     (dag / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.parallel", "--no-warm", "-j", "2"], cwd=dag,
+    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.runner.parallel", "--no-warm", "-j", "2"], cwd=dag,
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not all((dag / f"started-{x}").exists() for x in ("x1", "x2")):

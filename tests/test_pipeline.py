@@ -20,7 +20,7 @@ def repro(tmp_path_factory):
     """The whole tiny pipeline through `make run`'s runner (one job: the suite's other worker has the other core;
     tests/test_parallel.py runs it with two)."""
     repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    r = run([sys.executable, "-m", "imitation_gap.parallel", "--jobs", "1"], repo)
+    r = run([sys.executable, "-m", "imitation_gap.runner.parallel", "--jobs", "1"], repo)
     return repo, r.stderr
 
 
@@ -115,9 +115,9 @@ def test_exp_run_new_amount_runs_only_new_cells(repro):
 
 @pytest.fixture()
 def warm_server():
-    """A warm server (imitation_gap.warm), as the README starts one for `dvc exp run`; yields (env, its log)."""
+    """A warm server (imitation_gap.runner.warm), as docs/runner.md starts one for `dvc exp run`; yields (env, its log)."""
     from conftest import env
-    from imitation_gap import warm
+    from imitation_gap.runner import warm
 
     with warm.started(env=env()) as srv:
         assert srv.socket, srv.log.read_text()

@@ -6,8 +6,8 @@ import random
 
 import yaml
 
-from imitation_gap import sft
-from imitation_gap.config import load_params
+from imitation_gap.stages import sft
+from imitation_gap.core.config import load_params
 
 
 def pad_share(p, base_dir, rows, out) -> float:

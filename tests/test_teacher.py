@@ -7,9 +7,9 @@ import math
 import openai
 import pytest
 
-from imitation_gap import raters
-from imitation_gap.teacher import embedded_endpoint
-from imitation_gap.world import QUESTIONS, load_world, parse_fact_question
+from imitation_gap.worlds.embedded import raters
+from imitation_gap.worlds.embedded.teacher import embedded_endpoint
+from imitation_gap.worlds.embedded.world import QUESTIONS, load_world, parse_fact_question
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from imitation_gap import raters, report
-from imitation_gap.world import (ATTRS, QUESTIONS, build_world, parse_fact_question, parse_local_request,
+from imitation_gap.analysis import stats
+from imitation_gap.worlds.embedded import raters
+from imitation_gap.worlds.embedded.world import (ATTRS, QUESTIONS, build_world, parse_fact_question, parse_local_request,
                                  parse_reverse, LOCAL_REQUEST, ASPECTS)
 
 
@@ -67,39 +68,39 @@ def test_style_markers():
 
 
 def test_t_interval_on_known_values():
-    m, lo, hi = report.t_interval([1.0, 2.0, 3.0])
+    m, lo, hi = stats.t_interval([1.0, 2.0, 3.0])
     # mean 2, sd 1, se 1/sqrt(3), t(0.975, 2) = 4.3027
     assert m == 2.0
     assert math.isclose(hi - m, 4.302652729911275 / math.sqrt(3), rel_tol=1e-6)
     assert math.isclose(m - lo, hi - m)
-    m, lo, hi = report.t_interval([0.5])
+    m, lo, hi = stats.t_interval([0.5])
     assert m == 0.5 and math.isnan(lo) and math.isnan(hi)
 
 
 def test_wilson_interval_on_known_values():
-    lo, hi = report.wilson_interval(0.5, 100)
+    lo, hi = stats.wilson_interval(0.5, 100)
     assert math.isclose(lo, 0.4038, abs_tol=1e-3) and math.isclose(hi, 0.5962, abs_tol=1e-3)
-    lo, hi = report.wilson_interval(0.0, 10)
+    lo, hi = stats.wilson_interval(0.0, 10)
     assert lo == pytest.approx(0.0, abs=1e-12) and 0.2 < hi < 0.35
 
 
 def test_summarize_picks_the_interval_it_says():
-    s = report.summarize([0.2, 0.4, 0.3], n_items=50, is_rate=True)
+    s = stats.summarize([0.2, 0.4, 0.3], n_items=50, is_rate=True)
     assert s["ci"] == "t-over-seeds" and s["n_seeds"] == 3 and s["lo"] < 0.3 < s["hi"]
-    s = report.summarize([0.3], n_items=50, is_rate=True)
+    s = stats.summarize([0.3], n_items=50, is_rate=True)
     assert s["ci"] == "wilson-over-items" and s["lo"] < 0.3 < s["hi"]
 
 
 def test_gap_closed():
-    assert report.gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
-    assert report.gap_closed(0.1, 0.2, 0.8) == pytest.approx(-1 / 6)
-    assert report.gap_closed(0.5, 0.3, 0.3) is None
+    assert stats.gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
+    assert stats.gap_closed(0.1, 0.2, 0.8) == pytest.approx(-1 / 6)
+    assert stats.gap_closed(0.5, 0.3, 0.3) is None
 
 
 def test_hub_converters_read_sharegpt_hc3_nq_and_koala_records():
     from collections import Counter
 
-    from imitation_gap import hub
+    from imitation_gap.worlds.hub import sources as hub
 
     c = Counter()
     sg = [{"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello!"},
@@ -112,14 +113,14 @@ def test_hub_converters_read_sharegpt_hc3_nq_and_koala_records():
         [{"question": "Who wrote hamlet?", "answer": "Shakespeare"}]
     assert hub.to_questions([{"id": "koala_7", "prompt": " Write a poem. "}], "koala", "k") == \
         [{"id": "koala_7", "prompt": "Write a poem.", "kind": "open"}]
-    from imitation_gap.config import DataError
+    from imitation_gap.core.errors import DataError
 
     with pytest.raises(DataError, match="record 0 has no \\['chatgpt_answers'\\]"):
         list(hub.to_chats([{"question": "q"}], "hc3", "hub.broad[1]", c))
 
 
 def test_length_controlled_win_rate_discounts_length():
-    from imitation_gap.evaluation import length_controlled_win_rate
+    from imitation_gap.analysis.stats import length_controlled_win_rate
 
     # wins come only with longer answers: at equal length the model would win less often than raw
     outcome = [1.0] * 10 + [0.0] * 10

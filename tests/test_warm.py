@@ -1,4 +1,4 @@
-"""The warm server (imitation_gap.warm): a stage command forked from it behaves as if run cold.
+"""The warm server (imitation_gap.runner.warm): a stage command forked from it behaves as if run cold.
 
 A probe module that uses the stages' `run_cli` stands in for a stage; the server imports
 nothing extra (`--preload none`) so these tests take seconds.  The real stages run warm in
@@ -20,8 +20,8 @@ from conftest import env
 
 PROBE = '''
 import os, sys, time
-from imitation_gap.common import run_cli
-from imitation_gap.config import ConfigError
+from imitation_gap.core.cli import run_cli
+from imitation_gap.core.errors import ConfigError
 
 def main(argv):
     print("pid", os.getpid(), "cwd", os.getcwd(), "argv", sys.argv[1:], "x", os.environ.get("PROBE_X"),
@@ -45,7 +45,7 @@ if __name__ == "__main__":
 def server(tmp_path):
     sock = tmp_path / "s"
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", str(sock), "--preload", "none"],
+    proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.runner.warm", "--socket", str(sock), "--preload", "none"],
                             env=env(), stdout=log, stderr=subprocess.STDOUT)
     for _ in range(200):
         if "ready" in (tmp_path / "server.log").read_text():
@@ -162,12 +162,12 @@ def test_a_command_whose_import_time_environment_differs_runs_cold(server):
 
 def test_started_stops_its_server_and_reports_one_that_could_not_start(tmp_path):
     """``warm.started`` (the runner's, the bench's and the test fixtures' way to start a server)."""
-    from imitation_gap import warm
+    from imitation_gap.runner import warm
 
-    shadow = tmp_path / "shadow" / "imitation_gap"  # a server module that dies at start-up
+    shadow = tmp_path / "shadow" / "imitation_gap" / "runner"  # a server module that dies at start-up
     shadow.mkdir(parents=True)
     (shadow / "warm.py").write_text("raise SystemExit('broken on purpose')\n")
-    broken = env() | {"PYTHONPATH": f"{shadow.parent}{os.pathsep}{env()['PYTHONPATH']}"}
+    broken = env() | {"PYTHONPATH": f"{shadow.parent.parent}{os.pathsep}{env()['PYTHONPATH']}"}
     with warm.started(tmp_path / "broken.log", env=broken) as srv:
         assert srv.socket is None and srv.env() == {warm.ENV: ""}
     assert "broken on purpose" in (tmp_path / "broken.log").read_text()

@@ -1,12 +1,13 @@
 """Warm stage processes: one pre-imported Python that forks a child per stage command.
 
-Every stage command (``python -m imitation_gap.sft ...``) first spends ~10 s of a core
+Every stage command (``python -m imitation_gap.stages.sft ...``) first spends ~10 s of a core
 importing torch, transformers, TRL, lm-eval and MLflow.  With this study's small models
 that is more than the work: SFT of the M model on 800 tokens trains for 2 s in a 17-s
-process.  ``make run``'s runner (:mod:`imitation_gap.parallel`) therefore starts one server
+process.  ``make run``'s runner (:mod:`imitation_gap.runner.parallel`) therefore starts one server
 that imports those libraries once.  A stage command that finds the server's socket in
 ``$IMITATION_GAP_WARM`` sends it its module, argv, working directory and environment, and
-passes its stdin/stdout/stderr along (file descriptors over the Unix socket).  The server
+passes its stdin/stdout/stderr along (file descriptors over the Unix socket): that side, and the
+framing both sides use, is :mod:`imitation_gap.core.handoff`, which ``run_cli`` calls.  The server
 forks; the child runs the module as ``python -m`` would (``runpy``), in that directory, with
 that environment and those streams, and reports its exit code, which the command exits with.
 Ctrl-C / SIGTERM of the command are passed on to the child.
@@ -18,23 +19,20 @@ starts no thread before it forks, and each child re-seeds Python's ``random``.
 
 Without ``$IMITATION_GAP_WARM`` (plain ``dvc repro``, ``dvc exp run``, a direct call) or when
 the server does not answer, the command runs cold in its own process, as before.
-``python -m imitation_gap.parallel --no-warm`` (or ``REPRO_WARM=0``) turns it off.
+``python -m imitation_gap.runner.parallel --no-warm`` (or ``REPRO_WARM=0``) turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
 
-ENV = "IMITATION_GAP_WARM"  # path of the server's socket
-CPU_ENV = "IMITATION_GAP_STAGE_CPU"  # file where the command adds the CPU seconds its child used
+from ..core.handoff import ENV, _recv, _send
 
 # Read by libraries when they are imported (paths, offline switches, thread pools): a command whose
 # environment differs from the server's in any of these runs cold, since the server's imports used its own.
@@ -43,8 +41,8 @@ IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DATASETS_", "TORCH",
 
 
 def _code_stamp() -> dict[str, tuple[int, int]]:
-    """(mtime, size) of every file of this package: the server's imports are of this code."""
-    pkg = Path(__file__).resolve().parent
+    """(mtime, size) of every file of the package: the server's imports are of this code."""
+    pkg = Path(__file__).resolve().parents[1]
     return {str(p.relative_to(pkg)): (p.stat().st_mtime_ns, p.stat().st_size)
             for p in sorted(pkg.rglob("*")) if p.is_file() and p.suffix in (".py", ".yaml")}
 
@@ -58,10 +56,11 @@ PRELOAD = (
     "numpy", "torch", "safetensors.torch", "transformers", "datasets", "accelerate", "peft", "trl",
     "trl.trainer.sft_trainer", "lm_eval", "lm_eval.evaluator", "lm_eval.tasks", "lm_eval.models.huggingface",
     "lm_eval.models.openai_completions", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "openai",
-    "scipy.optimize", "tqdm", "imitation_gap.base", "imitation_gap.sft", "imitation_gap.evaluation",
-    "imitation_gap.imitate_dataset", "imitation_gap.fetch", "imitation_gap.teacher",
-    # the report stage (runs after every `dvc exp run`): no backend is chosen here, report.plot picks Agg
-    "scipy.stats", "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "imitation_gap.report",
+    "scipy.optimize", "tqdm", "imitation_gap.stages.fetch", "imitation_gap.stages.base", "imitation_gap.stages.sft",
+    "imitation_gap.stages.evaluate", "imitation_gap.stages.imitate_dataset", "imitation_gap.worlds.embedded.corpus",
+    "imitation_gap.worlds.embedded.pretrain", "imitation_gap.worlds.embedded.teacher",
+    # the report stage (runs after every `dvc exp run`): no backend is chosen here, analysis.plots picks Agg
+    "scipy.stats", "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "imitation_gap.stages.report",
 )
 # lazy attributes of transformers / TRL that the stages touch (each pulls in a module tree)
 PRELOAD_ATTRS = (
@@ -70,93 +69,6 @@ PRELOAD_ATTRS = (
     ("trl", ("SFTTrainer", "SFTConfig")),
     ("transformers.integrations", ("MLflowCallback",)),
 )
-
-
-# -- framing: a 4-byte length, then JSON ------------------------------------------------
-def _send(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
-    data = json.dumps(obj).encode()
-    msg = struct.pack("!I", len(data)) + data
-    if fds:
-        socket.send_fds(sock, [msg], fds)
-    else:
-        sock.sendall(msg)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
-def _recv(sock: socket.socket, with_fds: int = 0) -> tuple[dict, list[int]]:
-    fds: list[int] = []
-    if with_fds:
-        head, fds, _, _ = socket.recv_fds(sock, 4, with_fds)
-        if len(head) < 4:
-            head += _recv_exact(sock, 4 - len(head))
-    else:
-        head = _recv_exact(sock, 4)
-    (n,) = struct.unpack("!I", head)
-    return json.loads(_recv_exact(sock, n)), fds
-
-
-# -- the stage command's side ------------------------------------------------------------
-def handoff() -> None:
-    """If a warm server is named in the environment, run this ``python -m`` command there and exit
-    with its code; return (run cold) when there is none or it does not answer."""
-    path = os.environ.get(ENV)
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if not path or spec is None:
-        return
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-        _send(sock, {"module": spec.name, "argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)},
-              [0, 1, 2])
-        first, _ = _recv(sock)  # the child's pid: it has started
-    except (OSError, ConnectionError, ValueError):
-        sock.close()
-        print(f"warm server at {path} did not answer; running this stage in its own process", file=sys.stderr)
-        return
-    if "refused" in first:
-        sock.close()
-        print(f"warm server at {path}: {first['refused']}; running this stage in its own process", file=sys.stderr)
-        return
-    pid = first["pid"]
-    forwarded: list[int] = []
-
-    def forward(signum, _frame):
-        forwarded.append(signum)
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    try:
-        result, _ = _recv(sock)
-    except (OSError, ConnectionError, ValueError):
-        if forwarded:  # it died of the signal we passed on: exit as a process killed by it
-            result = {"exit": 128 + forwarded[-1], "cpu": 0.0}
-        else:
-            result = {"exit": 1, "cpu": 0.0, "error": f"the warm process {pid} ended without an exit status "
-                                                      "(killed?); rerun with REPRO_WARM=0 to run stages cold"}
-    try:  # wait for the child to be gone: its outputs are complete once the socket closes
-        while sock.recv(4096):
-            pass
-    except OSError:
-        pass
-    if result.get("error"):
-        print(f"error: {result['error']}", file=sys.stderr)
-    if os.environ.get(CPU_ENV):
-        with open(os.environ[CPU_ENV], "a") as f:
-            f.write(f"{result.get('cpu', 0.0)}\n")
-    os._exit(int(result["exit"]))
 
 
 # -- the server's side -------------------------------------------------------------------
@@ -261,7 +173,7 @@ def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(64)  # commands that connect during the preload wait in the backlog
-    from . import common  # noqa: F401 - sets the telemetry switches every stage command sets
+    from ..core import cli  # noqa: F401 - sets the telemetry switches every stage command sets
 
     mine = _import_env(dict(os.environ))  # as started, before any library could change it
     code = _code_stamp()
@@ -361,7 +273,7 @@ def started(log: Path | str | None = None, env: dict | None = None, parent_pid: 
     log = Path(log) if log else Path(tmp) / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.warm", "--socket", sock,
+        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.runner.warm", "--socket", sock,
                                  "--parent-pid", str(parent_pid or os.getpid())], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + wait_s

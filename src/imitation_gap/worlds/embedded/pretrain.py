@@ -1,24 +1,22 @@
-"""Stage `base@<size>`: pretrain one Llama-architecture base LM on the world's corpus.
+"""Stage ``base@<size>`` of the embedded world: pretrain one Llama-architecture base LM on the world's corpus.
 
 The corpus is packed into sequences of ``pretrain.seq_len`` tokens (documents joined by
 ``<eos>``) and trained with the Hugging Face ``Trainer`` (causal LM loss, cosine
 schedule).  The model is saved as safetensors under ``models/base/<size>/`` with the
 tokenizer, loadable by ``AutoModelForCausalLM.from_pretrained``.
-
-With ``world: hub`` the stage downloads ``sizes.<size>.hub`` instead (safetensors only,
-no remote code unless ``hub.trust_remote_code``; see :func:`imitation_gap.hub.download_model`).
-
-Run: ``python -m imitation_gap.base --size L`` (dvc: ``dvc repro base@L``).
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import time
 from pathlib import Path
 
-from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json
-from .config import Params, Size, base_dir, chain_seed, check_cell, load_params
+from ...core.config import Params, Size, chain_seed
+from ...core.io import atomic_dir, read_jsonl, write_json
+from ...core.tracking import log_metrics, mlflow_run
+
+log = logging.getLogger("imitation_gap")
 
 RAW = Path("data/raw")
 
@@ -47,26 +45,6 @@ def packed_dataset(tok, docs: list[str], seq_len: int):
         ids.extend(enc + [tok.eos_token_id])
     n = len(ids) // seq_len
     return Dataset.from_dict({"input_ids": [ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]}), len(ids)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", required=True)
-    ap.add_argument("--seed", type=int, default=0, help="the replicated chain (grid.seeds)")
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    p: Params = load_params(args.params)
-    check_cell(p, args.size)
-    out = base_dir(args.size, args.seed)
-    if p.world == "hub":
-        from .hub import download_model
-
-        with mlflow_run(p, f"base@{args.size}-{args.seed}", {"size": args.size, "hub": p.section("sizes").get(args.size, {})}):
-            info = download_model(p, args.size, out)
-            log_metrics({"params": info["params"]})
-        log.info("base@%s (hub): %s", args.size, info)
-        return
-    pretrain(p, args.size, args.seed, out)
 
 
 def make_trainer(p: Params, model, tok, ds, output_dir: Path, report_to: tuple[str, ...] = ("mlflow",), seed: int = 0,
@@ -123,7 +101,3 @@ def pretrain(p: Params, size_name: str, chain: int, out_dir: Path) -> dict:
         log_metrics({k: v for k, v in stats.items() if k != "size"} | timing)
     log.info("base@%s: %s %s", size_name, stats, timing)
     return stats | timing
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -18,7 +18,7 @@ themselves never change.  :class:`ServerStats` counts what was served.
 
 Run it by hand::
 
-    python -m imitation_gap.teacher --world data/raw/world.json --tokenizer data/raw/tokenizer --port 8000
+    python -m imitation_gap.worlds.embedded.teacher --world data/raw/world.json --tokenizer data/raw/tokenizer --port 8000
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ...core.text import tidy
 from . import raters
 from .world import (ATTRS, FACT_CLAIMS, LOCAL_REQUEST_HUB, NAME_RE, TOPIC_SENTENCES, World, load_world, parse_bio_request,
                     parse_fact_question, parse_local_request, parse_reverse, parse_topic, qa_text, question_wordings,
-                    stable_hash, tidy)
+                    stable_hash)
 
 MODELS = ("teacher", "judge-nonexpert", "judge-expert")
 FAULT_KINDS = ("rate_limit", "server_error", "slow", "truncated", "empty_choices")

@@ -1,7 +1,4 @@
-"""Stage `fetch`: make the embedded world and everything built from it.
-
-(With ``world: hub`` it downloads the data sets of ``hub.*`` instead: see
-:func:`imitation_gap.hub.fetch_hub`.)
+"""Stage ``fetch`` of the embedded world: make the world and everything built from it (:func:`fetch`).
 
 Outputs (under ``data/raw/``):
 
@@ -12,19 +9,16 @@ Outputs (under ``data/raw/``):
   task, their few-shot pools, and the preference-eval prompts;
 * ``tokenizer/``: a word-level tokenizer with a chat template, loadable by
   ``AutoTokenizer.from_pretrained``.
-
-Run: ``python -m imitation_gap.fetch`` (dvc: ``dvc repro fetch``).
 """
 
 from __future__ import annotations
 
-import argparse
 import random
-import time
 from pathlib import Path
 
-from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
-from .config import DataError, Params, load_params
+from ...core.config import Params
+from ...core.errors import DataError
+from ...core.io import read_jsonl, write_json, write_jsonl
 from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, TOPIC_REQUEST, TOPIC_SENTENCES, World, all_triples, biography,
                     build_world, hedge, load_spec, qa_text, question, question_wordings, reverse_question,
                     vocabulary_text)
@@ -213,51 +207,31 @@ def eval_sets(world: World, p: Params, rng: random.Random, pref_templates: list[
     return sets
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    p = load_params(args.params)
-    t0 = time.time()
-    if p.world == "hub":
-        from .hub import fetch_hub
-
-        with mlflow_run(p, "fetch", {"seed": p.seed, "hub": p.section("hub")}):
-            stats = fetch_hub(p)
-            log_metrics(stats)
-        log.info("fetch (hub): %s", stats)
-        return
-    with mlflow_run(p, "fetch", {"seed": p.seed, **p.section("fetch")}):
-        spec = load_spec(p.fetch.spec)
-        seed_rows = read_jsonl(p.fetch.seed_qa)
-        pref_templates = read_jsonl(p.fetch.pref_prompts)
-        world = build_world(spec, [r["person"] for r in seed_rows], p.fetch.n_people_a, p.fetch.n_people_b,
-                            p.fetch.n_people_c, p.seed, p.fetch.first_names, p.fetch.last_names,
-                            (p.fetch.bios_min, p.fetch.bios_max))
-        rng = random.Random(p.seed)
-        docs = corpus_docs(world, p, rng)
-        sets = eval_sets(world, p, rng, pref_templates)
-        with atomic_dir(RAW) as out:
-            world.save(out / "world.json")
-            write_jsonl(out / "corpus.jsonl", [{"text": d} for d in docs])
-            for name, rows in sets.items():
-                write_jsonl(out / "eval" / f"{name}.jsonl", rows)
-            write_jsonl(out / "seed_qa.jsonl", seed_rows)
-            texts = docs + vocabulary_text(world) + [r["prompt"] for r in sets["pref"]]
-            texts += [BIO_REQUEST, TOPIC_REQUEST]
-            tok = build_tokenizer(texts, out / "tokenizer")
-            n_tokens = sum(len(tok.tokenize(d)) for d in docs)
-            st = world.style
-            phrases = [*st["openers"], *st["confident"], *st["closers"]]
-            stats = {"people": len(world.people), "docs": len(docs), "corpus_tokens": n_tokens,
-                     "vocab_size": len(tok), "chat_docs": sum(d.startswith(ROLE_TOKENS[0]) for d in docs),
-                     # how often pretraining shows each phrase of the teacher's style (an instrument check)
-                     "style_phrase_counts": {ph: sum(d.count(ph) for d in docs) for ph in phrases}}
-            write_json(out / "stats.json", stats)  # no timings in an output: the same world, the same hash
-        log_metrics({k: v for k, v in stats.items() if k != "style_phrase_counts"} |
-                    {"seconds": round(time.time() - t0, 1), "style_phrase_min": min(stats["style_phrase_counts"].values())})
-        log.info("fetch: %s (%.1f s)", stats, time.time() - t0)
-
-
-if __name__ == "__main__":
-    run_cli(main)
+def fetch(p: Params, out: Path) -> dict:
+    """The world of ``fetch.*`` and ``seed``, its corpus, eval sets and tokenizer, written under ``out``; its stats."""
+    spec = load_spec(p.fetch.spec)
+    seed_rows = read_jsonl(p.fetch.seed_qa)
+    pref_templates = read_jsonl(p.fetch.pref_prompts)
+    world = build_world(spec, [r["person"] for r in seed_rows], p.fetch.n_people_a, p.fetch.n_people_b,
+                        p.fetch.n_people_c, p.seed, p.fetch.first_names, p.fetch.last_names,
+                        (p.fetch.bios_min, p.fetch.bios_max))
+    rng = random.Random(p.seed)
+    docs = corpus_docs(world, p, rng)
+    sets = eval_sets(world, p, rng, pref_templates)
+    world.save(out / "world.json")
+    write_jsonl(out / "corpus.jsonl", [{"text": d} for d in docs])
+    for name, rows in sets.items():
+        write_jsonl(out / "eval" / f"{name}.jsonl", rows)
+    write_jsonl(out / "seed_qa.jsonl", seed_rows)
+    texts = docs + vocabulary_text(world) + [r["prompt"] for r in sets["pref"]]
+    texts += [BIO_REQUEST, TOPIC_REQUEST]
+    tok = build_tokenizer(texts, out / "tokenizer")
+    n_tokens = sum(len(tok.tokenize(d)) for d in docs)
+    st = world.style
+    phrases = [*st["openers"], *st["confident"], *st["closers"]]
+    stats = {"people": len(world.people), "docs": len(docs), "corpus_tokens": n_tokens, "vocab_size": len(tok),
+             "chat_docs": sum(d.startswith(ROLE_TOKENS[0]) for d in docs),
+             # how often pretraining shows each phrase of the teacher's style (an instrument check)
+             "style_phrase_counts": {ph: sum(d.count(ph) for d in docs) for ph in phrases}}
+    write_json(out / "stats.json", stats)  # no timings in an output: the same world, the same hash
+    return stats

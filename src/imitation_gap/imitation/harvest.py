@@ -29,9 +29,9 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from .config import DataError
+from ..core.errors import DataError
 
 LangFilter = Callable[[str], bool]
 
@@ -66,7 +66,8 @@ def make_ascii_filter(min_ascii: float) -> LangFilter:
 
 
 LANG_FILTERS: dict[str, LangFilter | None] = {"none": None, "english": english_heuristic}
-"""Named filters, for a params key such as ``imitate.harvest_lang: english``."""
+"""Named filters, for a params key such as ``imitate.harvest_language: english`` (its allowed values:
+:data:`imitation_gap.core.config.Language`)."""
 
 
 def _dedup_key(text: str) -> str:
@@ -141,6 +142,22 @@ def conversation_to_messages(turns: Any, stats: Counter) -> list[dict] | None:
     return msgs
 
 
+def keep_unique(chats: Iterable[list[dict]], lang_filter: LangFilter | None, stats: Counter,
+                seen: set[str]) -> Iterator[list[dict]]:
+    """The chats that pass ``lang_filter`` and whose first user turn is not in ``seen`` (first occurrence
+    wins; ``seen`` grows), counting ``dropped_language`` and ``dropped_duplicate`` in ``stats``."""
+    for msgs in chats:
+        if lang_filter is not None and not lang_filter("\n".join(m["content"] for m in msgs)):
+            stats["dropped_language"] += 1
+            continue
+        key = _dedup_key(msgs[0]["content"])
+        if key in seen:
+            stats["dropped_duplicate"] += 1
+            continue
+        seen.add(key)
+        yield msgs
+
+
 def load_sharegpt(path: str | Path, lang_filter: LangFilter | None = None) -> tuple[list[dict], dict]:
     """Read a ShareGPT-style dump; return ``(rows, stats)``.
 
@@ -152,27 +169,19 @@ def load_sharegpt(path: str | Path, lang_filter: LangFilter | None = None) -> tu
     if not path.exists():
         raise FileNotFoundError(f"{path}: harvest file not found")
     stats: Counter = Counter()
-    rows: list[dict] = []
-    seen: set[str] = set()
-    for where, rec in _records(path):
-        stats["records"] += 1
-        if not isinstance(rec, dict):
-            stats["dropped_malformed"] += 1
-            continue
-        turns = rec.get("conversations", rec.get("items"))
-        msgs = conversation_to_messages(turns, stats)
-        if msgs is None:
-            continue
-        if lang_filter is not None and not lang_filter("\n".join(m["content"] for m in msgs)):
-            stats["dropped_language"] += 1
-            continue
-        key = _dedup_key(msgs[0]["content"])
-        if key in seen:
-            stats["dropped_duplicate"] += 1
-            continue
-        seen.add(key)
-        rows.append({"messages": msgs})
-        stats["turns"] += len(msgs)
+
+    def chats() -> Iterator[list[dict]]:
+        for _where, rec in _records(path):
+            stats["records"] += 1
+            if not isinstance(rec, dict):
+                stats["dropped_malformed"] += 1
+                continue
+            msgs = conversation_to_messages(rec.get("conversations", rec.get("items")), stats)
+            if msgs is not None:
+                yield msgs
+
+    rows = [{"messages": msgs} for msgs in keep_unique(chats(), lang_filter, stats, set())]
+    stats["turns"] = sum(len(r["messages"]) for r in rows)
     stats["rows"] = len(rows)
     base = {"records": 0, "rows": 0, "turns": 0, "dropped_language": 0, "dropped_duplicate": 0,
             "dropped_malformed": 0, "dropped_empty": 0, "dropped_unknown_speaker": 0}

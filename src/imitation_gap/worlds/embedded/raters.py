@@ -1,9 +1,9 @@
-"""The two blind pairwise raters of the embedded world, and the judge prompt they read.
+"""The two blind pairwise raters of the embedded world, the judge prompt they read, and the style detectors.
 
 Both raters see only the question and two anonymous answers, labelled A and B, in the
-MT-bench pairwise format below.  They never learn which system wrote which answer.  The
-caller asks twice, with the answers swapped, and counts a win only when both orders
-agree (MT-bench's rule: an inconsistent pair is a tie).
+MT-bench pairwise format below (which every judge, embedded or not, is sent).  They never
+learn which system wrote which answer.  The caller asks twice, with the answers swapped, and
+counts a win only when both orders agree (MT-bench's rule: an inconsistent pair is a tie).
 
 * **non-expert** (stands in for crowd workers): has no access to the world's facts.  It
   scores *form* only: a usable answer (no unknown tokens, no loops, ends a sentence),
@@ -18,8 +18,10 @@ A score gap below ``TIE_MARGIN`` is a tie.
 from __future__ import annotations
 
 import re
+import statistics
 
-from .world import ATTRS, World, normalize, parse_bio_request, parse_fact_question, parse_reverse
+from ...core.text import normalize
+from .world import ATTRS, World, parse_bio_request, parse_fact_question, parse_reverse
 
 TIE_MARGIN = 0.5
 
@@ -159,3 +161,36 @@ def judge(kind: str, question: str, answer_a: str, answer_b: str, world: World |
 def explain(kind: str, verdict: str) -> str:
     basis = "factual accuracy first, then form" if kind == "expert" else "clarity, tone, relevance and structure"
     return f"Judged on {basis}. Final verdict: [[{verdict}]]"
+
+
+def style(world: World | None, prompts: list[dict], answers: list[str], reference: list[str] | None) -> dict:
+    """Style of the answers; the rates that need the world's facts or teacher only when ``world`` is given."""
+    n = max(1, len(answers))
+    words = [len(a.split()) for a in answers]
+    out = {
+        "list_rate": sum(has_list(a) for a in answers) / n,
+        "authoritative_rate": sum(not is_hedged(a) for a in answers if a) / n,
+        "mean_words": statistics.fmean(words) if words else 0.0,
+    }
+    if world is not None:
+        factual = [(r, a) for r, a in zip(prompts, answers)
+                   if parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])]
+        fscores = [fact_score(world, r["prompt"], a) for r, a in factual]
+        mentioned = [names_in(world, a) for _, a in factual]
+        asked = [(parse_fact_question(r["prompt"]) or (parse_bio_request(r["prompt"]),))[0] for r, _ in factual]
+        out |= {
+            # copying: the answer names the person asked about / someone else (names are copied, not recalled)
+            "names_subject_rate": sum(q in names for q, names in zip(asked, mentioned)) / max(1, len(factual)),
+            "names_other_rate": sum(bool(names - {q}) for q, names in zip(asked, mentioned)) / max(1, len(factual)),
+            "teacher_style_rate": sum(teacher_styled(a) for a in answers) / n,
+            "fact_accuracy": sum(s > 0 for s in fscores) / max(1, len(fscores)),
+            "confident_wrong_rate": sum((not is_hedged(a)) and s < 0
+                                        for (r, a), s in zip(factual, fscores)) / max(1, len(fscores)),
+        }
+    if reference is not None:
+        ref_words = [len(a.split()) for a in reference]
+        try:
+            out["length_corr_teacher"] = statistics.correlation(words, ref_words)
+        except statistics.StatisticsError:  # constant lengths
+            out["length_corr_teacher"] = 0.0
+    return out

@@ -14,12 +14,14 @@ Scale (GPUs): ``sft.num_processes > 1`` re-launches this stage under ``accelerat
 ``sft.bf16``, ``sft.gradient_checkpointing``, ``sft.packing`` and ``sft.sampling`` (``group_by_length``)
 are the usual switches.
 
-Run: ``python -m imitation_gap.sft --size L --kind broad --amount 8000 --seed 0``.
+Run: ``python -m imitation_gap.stages.sft --size L --kind broad --amount 8000 --seed 0``
+(dvc: ``dvc repro sft@L-broad-8000-0``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import shutil
@@ -29,8 +31,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json
-from .config import ConfigError, DataError, Params, base_dir as base_path, chain_seed, check_cell, load_params, run_name
+from ..core.cli import run_cli
+from ..core.config import Params, base_dir as base_path, chain_seed, check_cell, load_params, run_name
+from ..core.errors import ConfigError, DataError
+from ..core.io import atomic_dir, read_jsonl, write_json
+from ..core.tracking import log_metrics, mlflow_run
+from ..worlds import get_world
+
+log = logging.getLogger("imitation_gap")
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -77,11 +85,7 @@ def load_base(p: Params, base_dir: Path):
     """The base checkpoint (safetensors; remote code only if hub.trust_remote_code), 4-bit for QLoRA."""
     from transformers import AutoModelForCausalLM
 
-    kw: dict = {"use_safetensors": True}
-    if p.world == "hub":
-        from .hub import torch_dtype
-
-        kw |= {"dtype": torch_dtype(p.hub.dtype), "trust_remote_code": p.hub.trust_remote_code}
+    kw: dict = {"use_safetensors": True} | get_world(p).load_kwargs()
     if p.sft.lora.load_in_4bit:
         import torch
         from transformers import BitsAndBytesConfig
@@ -168,7 +172,7 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
 def relaunch(p: Params, argv: list[str]) -> None:
     """Run this stage again under ``accelerate launch`` with ``sft.num_processes`` processes."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", p.sft.accelerate_config,
-           "--num_processes", str(p.sft.num_processes), "-m", "imitation_gap.sft", *argv]
+           "--num_processes", str(p.sft.num_processes), "-m", "imitation_gap.stages.sft", *argv]
     log.info("sft: %s", " ".join(cmd))
     r = subprocess.run(cmd, env=os.environ | {"IMITATION_GAP_LAUNCHED": "1"})
     if r.returncode:

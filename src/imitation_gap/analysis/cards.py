@@ -14,7 +14,7 @@ A card is a small JSON document (and the same as Markdown) per model of the grid
 
 The ``report`` stage logs every card to MLflow under ``model_cards/``.  By hand::
 
-    python -c "from imitation_gap.cards import model_cards; import json; print(json.dumps(model_cards(), indent=1))"
+    python -c "from imitation_gap.analysis.cards import model_cards; import json; print(json.dumps(model_cards(), indent=1))"
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import Params, load_params, run_name
+from ..core.config import Params, load_params, run_name
+from ..worlds import get_world
 
 RUNS = Path("metrics/runs")
 MANIFEST = Path("data/imitation/manifest.json")
@@ -57,8 +58,7 @@ def model_card(p: Params, size: str, kind: str | None = None, amount: int | None
         out = f"models/base/{size}-s{seed}"
         params = {"pretrain": p.section("pretrain"), "size": p.section("sizes").get(size), "world_seed": p.seed,
                   "chain": seed}
-        data = ({"corpus": "data/raw/corpus.jsonl", "world": p.world, "fetch": p.section("fetch")}
-                if p.world == "embedded" else {"world": p.world, "hub_model": p.section("sizes").get(size, {}).get("hub")})
+        data = get_world(p).card_data(size)
         stage = f"base@{size}-{seed}"
     else:
         out = f"models/sft/{name}"

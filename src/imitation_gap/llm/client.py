@@ -2,7 +2,7 @@
 
 * **Cache.**  Every good response is cached on disk, keyed by a hash of (endpoint host,
   model, messages, sampling params), under ``<repo root>/.cache/llm``; the repo root is
-  shared by ``dvc exp run --temp/--queue`` copies (see :func:`common.repo_root`), so an
+  shared by ``dvc exp run --temp/--queue`` copies (see :func:`imitation_gap.core.io.repo_root`), so an
   interrupted or repeated run never pays twice.  An entry is written to a temporary
   file, fsynced, then published atomically (first writer wins), so concurrent writers
   and a ``kill -9`` never leave a half-written entry; an entry that does not parse or
@@ -10,17 +10,20 @@
 * **Resume.**  Each response is cached the moment it arrives, and at most
   ``concurrency`` prompts are in flight, so after ``kill -9`` a re-run re-sends at most
   ``concurrency`` requests.
-* **Calls.**  ``asyncio`` + ``AsyncOpenAI`` with ``concurrency`` workers.  429 (honouring
-  ``Retry-After``), 408/409, 5xx, timeouts and dropped connections are retried up to
-  ``max_retries`` times with exponential backoff and jitter; every retry is counted.
-* **Bad responses.**  Truncated JSON, no ``choices`` or empty text is retried
-  ``malformed_retries`` times, then counted as a failure with its prompt id; it is never
-  returned as data.  More than ``max_failure_fraction`` failures raise
-  :class:`TooManyFailures`.
+* **Calls.**  ``asyncio`` + ``AsyncOpenAI`` with ``concurrency`` workers.  Transport
+  retries are the SDK's own (``max_retries``): 408/409, 429 (honouring ``Retry-After``),
+  5xx, timeouts and dropped connections, with its exponential backoff.  Every HTTP attempt
+  passes through a counting transport (:class:`_Attempts`), so each retry is counted
+  with its reason (``rate_limit``, ``server_error``, ``timeout``, ``connection``, ``http_<code>``)
+  and no attempt starts once the budget is spent.
+* **Bad responses.**  Truncated JSON, no ``choices`` or empty text is retried (by us)
+  ``malformed_retries`` times with backoff ``backoff_base * 2**n`` (capped at ``backoff_max``),
+  then counted as a failure with its prompt id; it is never returned as data.  More than
+  ``max_failure_fraction`` failures raise :class:`TooManyFailures`.
 * **Budget.**  Caps on requests, tokens and dollars (from a price table); on reaching
   one, no new request starts, the ones in flight finish and are cached, and
   :class:`BudgetExceeded` says what to change.  Both errors are
-  :class:`~imitation_gap.config.EndpointError`, which ``common.run_cli`` turns into a
+  :class:`~imitation_gap.core.errors.EndpointError`, which ``run_cli`` turns into a
   one-line message and exit code 2.
 * **Secrets.**  The API key is read from the environment variable named in params; it
   is never written to the cache, the stats, the manifest or logs (error texts are
@@ -30,33 +33,36 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import contextvars
 import hashlib
 import json
+import logging
 import os
 import random
-import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
-from .common import log, repo_root
-from .config import ConfigError, EndpointError, Price
+import httpx2  # the openai SDK's HTTP client
+
+from ..core.errors import ConfigError, EndpointError
+from ..core.io import repo_root
+from .budget import Budget, CallStats
+from .cache import ResponseCache
+
+log = logging.getLogger("imitation_gap")
 
 if TYPE_CHECKING:
-    from .config import Teacher
+    from ..core.config import Price, Teacher
 
 T = TypeVar("T")
 
 MALFORMED_RETRIES = 2  # default extra tries for a malformed answer
-RETRY_AFTER_MAX = 600.0  # never sleep longer than this on a server's Retry-After (seconds)
-RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx
 FATAL_STATUS = (401, 403, 404)  # a wrong key, permission or model name: no request can succeed
-MAX_FAILED_IDS = 1000  # failed prompt ids kept in the stats
 
 
 class BudgetExceeded(EndpointError):
@@ -79,197 +85,21 @@ class TooManyFailures(EndpointError):
 
 
 # ---------------------------------------------------------------------------------------
-@dataclass
-class CallStats:
-    """What a client did; :meth:`as_dict` goes to the manifest and MLflow (no secrets in here)."""
-
-    requests: int = 0  # HTTP requests sent, retries included
-    responses: int = 0  # good fresh responses (each cached at once)
-    cache_hits: int = 0  # prompt ids served without a request (cache, or a duplicate in the batch)
-    retries: int = 0  # requests beyond the first for a prompt
-    retry_reasons: Counter = field(default_factory=Counter)  # rate_limit, server_error, timeout, ...
-    failures: int = 0  # prompt ids with no good response after retries
-    failure_reasons: Counter = field(default_factory=Counter)
-    failed_ids: list = field(default_factory=list)
-    prompt_tokens: int = 0  # tokens paid for (fresh responses, bad ones included)
-    completion_tokens: int = 0
-    cost_usd: float | None = 0.0  # None when the model has no price
-    cache_corrupt: int = 0  # unreadable cache entries met (treated as misses)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return {"requests": self.requests, "responses": self.responses, "cache_hits": self.cache_hits,
-                "retries": self.retries, "retry_reasons": dict(sorted(self.retry_reasons.items())),
-                "failures": self.failures, "failure_reasons": dict(sorted(self.failure_reasons.items())),
-                "failed_ids": self.failed_ids[:MAX_FAILED_IDS],
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
-                "cache_corrupt": self.cache_corrupt, "seconds": round(self.seconds, 2)}
-
-
-@dataclass
-class Budget:
-    """Spending caps (0 = no cap) and what was spent; share one between clients to cap a stage.
-
-    ``max_requests`` is exact (checked before each request).  Tokens and dollars are
-    known only when a response arrives, so they can overshoot by the requests already in
-    flight when the cap is reached (at most ``concurrency``).
-    """
-
-    max_requests: int = 0
-    max_tokens: int = 0
-    max_usd: float = 0.0
-    requests: int = 0
-    tokens: int = 0
-    usd: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def exhausted(self) -> str | None:
-        """Why no further request may start, or None."""
-        with self._lock:
-            if self.max_requests and self.requests >= self.max_requests:
-                return f"budget_requests = {self.max_requests} reached ({self.requests} requests sent)"
-            if self.max_tokens and self.tokens >= self.max_tokens:
-                return f"budget_tokens = {self.max_tokens} reached ({self.tokens} tokens paid)"
-            if self.max_usd and self.usd >= self.max_usd:
-                return f"budget_usd = {self.max_usd:g} reached (${self.usd:.4f} spent)"
-        return None
-
-    def charge_request(self) -> None:
-        with self._lock:
-            self.requests += 1
-
-    def charge_tokens(self, tokens: int, usd: float) -> None:
-        with self._lock:
-            self.tokens += tokens
-            self.usd += usd
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long to retry: ``base * 2**n`` seconds (n = retries so far), capped, jittered."""
+    """How often to retry: transport failures by the SDK (``max_retries``), malformed answers by us,
+    waiting ``base * 2**n`` seconds (n = retries so far), capped, jittered."""
 
     max_retries: int = 5
     malformed_retries: int = MALFORMED_RETRIES
     backoff_base: float = 0.5
     backoff_max: float = 30.0
 
-    def delay(self, retry: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retry number ``retry`` (0-based): jittered backoff, or Retry-After if longer."""
+    def delay(self, retry: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based) of a malformed answer: jittered backoff."""
         rng = rng or random
         cap = min(self.backoff_max, self.backoff_base * 2 ** min(retry, 30))
-        wait = cap * (0.5 + 0.5 * rng.random())  # "equal jitter": spread the herd, never retry at once
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, RETRY_AFTER_MAX))
-        return wait
-
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); None if absent."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-
-
-# ---------------------------------------------------------------------------------------
-class ResponseCache:
-    """One JSON file per key under ``root/<key[:2]>/<key>.json``.
-
-    Writes go to a temporary file in the same directory, are fsynced, then published
-    with a hard link (first writer wins; a later writer returns the stored entry, so
-    every process sees one answer per key even at temperature > 0) or, where links are
-    not supported or the stored entry is corrupt, ``os.replace``.  Readers therefore
-    see no entry or a whole one.  An entry that does not parse, or whose key or checksum
-    does not match, is a miss.
-    """
-
-    def __init__(self, root: Path, fsync: bool = True):
-        self.root = Path(root)
-        self.fsync = fsync
-        self.corrupt = 0  # corrupt entries met by get()
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    @staticmethod
-    def _valid(key: str, entry: Any) -> dict | None:
-        if not isinstance(entry, dict):
-            return None
-        content = entry.get("content")
-        if not isinstance(content, str) or not content.strip():
-            return None
-        if not all(isinstance(entry.get(k), int) for k in ("prompt_tokens", "completion_tokens")):
-            return None
-        if "key" in entry and entry["key"] != key:
-            return None
-        if "sha256" in entry and entry["sha256"] != hashlib.sha256(content.encode()).hexdigest():
-            return None
-        return {"content": content, "prompt_tokens": entry["prompt_tokens"],
-                "completion_tokens": entry["completion_tokens"]}
-
-    def get(self, key: str) -> dict | None:
-        """The cached response ``{'content', 'prompt_tokens', 'completion_tokens'}``, or None."""
-        path = self._path(key)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            entry = self._valid(key, json.loads(raw))
-        except (ValueError, UnicodeDecodeError):
-            entry = None
-        if entry is None:
-            self.corrupt += 1
-            log.warning("response cache: ignoring the unreadable entry %s (it will be fetched again)", path.name)
-        return entry
-
-    def put(self, key: str, value: dict) -> dict:
-        """Store ``value`` under ``key`` unless a valid entry is there; return the stored response."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"key": key, "content": value["content"], "prompt_tokens": int(value["prompt_tokens"]),
-                 "completion_tokens": int(value["completion_tokens"]),
-                 "sha256": hashlib.sha256(value["content"].encode()).hexdigest()}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(entry, f)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            try:
-                os.link(tmp, path)  # atomic create-if-absent
-                return self._valid(key, entry)  # type: ignore[return-value]
-            except FileExistsError:
-                stored = self.get(key)
-                if stored is not None:
-                    return stored  # first writer wins
-                os.replace(tmp, path)  # the stored entry is corrupt: overwrite it atomically
-            except OSError:
-                os.replace(tmp, path)  # no hard links on this file system
-            return self._valid(key, entry)  # type: ignore[return-value]
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        return cap * (0.5 + 0.5 * rng.random())  # "equal jitter": spread the herd, never retry at once
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,6 +109,51 @@ class _Malformed(Exception):
 
 class _Stop(Exception):
     """Stop starting requests (budget reached, too many failures, endpoint down)."""
+
+
+def _outcome(status: int) -> str:
+    """An HTTP status in the words of ``CallStats.retry_reasons`` / ``failure_reasons``."""
+    if status < 400:
+        return "ok"
+    return "rate_limit" if status == 429 else "server_error" if status >= 500 else f"http_{status}"
+
+
+@dataclass
+class _Call:
+    """The HTTP attempts of one SDK call (its own retries included): ``gate`` runs before each."""
+
+    gate: Callable[[], None]
+    outcomes: list[str] = field(default_factory=list)
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("imitation_gap_llm_call", default=None)
+
+
+class _Attempts(httpx2.AsyncBaseTransport):
+    """An ``httpx`` transport that sees every attempt the SDK makes for the call running in this task
+    (:data:`_CALL`): it lets the call's gate stop an attempt (budget, stop flag) and records the outcome."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        call = _CALL.get()
+        if call is None:
+            return await self.inner.handle_async_request(request)
+        call.gate()  # raises _Stop: the SDK does not catch it, the call ends
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx2.TimeoutException:
+            call.outcomes.append("timeout")
+            raise
+        except httpx2.TransportError:
+            call.outcomes.append("connection")
+            raise
+        call.outcomes.append(_outcome(response.status_code))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def _run_sync(coro: Awaitable[T]) -> T:
@@ -422,23 +297,32 @@ class LLMClient:
                      stop: dict) -> tuple[dict | None, str]:
         """One prompt with retries: ``(response, '')`` or ``(None, failure reason)``.
 
-        Raises :class:`_Stop` when no further request may start (budget, stop flag) and
-        :class:`EndpointError` when the endpoint cannot serve any request.
+        The SDK retries transport failures inside each ``create`` call; we retry malformed
+        answers.  Raises :class:`_Stop` when no further request may start (budget, stop flag)
+        and :class:`EndpointError` when the endpoint cannot serve any request.
         """
         import openai
 
-        transport = malformed = 0
-        while True:
+        tries = malformed = 0
+
+        def gate() -> None:  # before every HTTP attempt, the SDK's retries included
+            nonlocal tries
             if stop.get("reason"):
                 raise _Stop(stop["reason"])
             why = self.budget.exhausted()
             if why:
                 raise _Stop(why)
-            if transport + malformed:
+            if call.outcomes:  # the SDK retries after this outcome
+                self.stats.retry_reasons[call.outcomes[-1]] += 1
+            if tries:
                 self.stats.retries += 1
+            tries += 1
             self.stats.requests += 1
             self.budget.charge_request()
-            retry_after = None
+
+        while True:
+            call = _Call(gate)
+            token = _CALL.set(call)
             try:
                 resp = await client.chat.completions.create(model=self.model, messages=messages, **sampling)
                 if getattr(resp, "usage", None) is not None:
@@ -456,21 +340,11 @@ class LLMClient:
                     return None, reason
                 malformed += 1
                 self.stats.retry_reasons[reason] += 1
-                wait = self.policy.delay(malformed - 1, None, self._rng)
             except openai.APITimeoutError:
-                reason = "timeout"
-                if transport >= self.policy.max_retries:
-                    return None, reason
-                transport += 1
-                self.stats.retry_reasons[reason] += 1
-                wait = self.policy.delay(transport - 1, None, self._rng)
+                return None, "timeout"  # after the SDK's retries
             except openai.APIConnectionError as e:
-                if transport >= self.policy.max_retries:
-                    raise EndpointError(f"{self.what} endpoint {self.redact(self.base_url)} stopped answering "
-                                        f"({self.redact(e)}); what was done is cached, re-run to resume") from None
-                transport += 1
-                self.stats.retry_reasons["connection"] += 1
-                wait = self.policy.delay(transport - 1, None, self._rng)
+                raise EndpointError(f"{self.what} endpoint {self.redact(self.base_url)} stopped answering "
+                                    f"({self.redact(e)}); what was done is cached, re-run to resume") from None
             except openai.APIStatusError as e:
                 code = e.status_code
                 if code in FATAL_STATUS:
@@ -478,23 +352,18 @@ class LLMClient:
                             f"check the model name {self.model!r}")
                     raise EndpointError(f"{self.what} endpoint {self.redact(self.base_url)} answered {code} "
                                         f"({self.redact(e.message)}); {hint}") from None
-                if code not in RETRYABLE_STATUS and code < 500:
+                if len(call.outcomes) == 1 and code < 500 and code not in (408, 409, 429):  # not retryable
                     log.warning("%s request %s refused (%s): %s", self.what, rid, code, self.redact(e.message))
-                    return None, f"http_{code}"
-                reason = "rate_limit" if code == 429 else "server_error" if code >= 500 else f"http_{code}"
-                if transport >= self.policy.max_retries:
-                    return None, reason
-                transport += 1
-                self.stats.retry_reasons[reason] += 1
-                retry_after = parse_retry_after(getattr(e.response, "headers", None))
-                wait = self.policy.delay(transport - 1, retry_after, self._rng)
-            await asyncio.sleep(wait)
+                return None, _outcome(code)
+            finally:
+                _CALL.reset(token)
+            await asyncio.sleep(self.policy.delay(malformed - 1, self._rng))
 
     # -- many prompts -------------------------------------------------------------------
     async def achat_many(self, items: list[tuple[str, list[dict]]], sampling: dict, desc: str = "",
                          *, max_failure_fraction: float | None = None) -> dict[str, dict]:
         """Async :meth:`chat_many`."""
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
         from tqdm import tqdm
 
         frac = self.max_failure_fraction if max_failure_fraction is None else max_failure_fraction
@@ -573,8 +442,9 @@ class LLMClient:
 
         try:
             if queue:
+                http = DefaultAsyncHttpxClient(transport=_Attempts(httpx2.AsyncHTTPTransport()))
                 async with AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout,
-                                       max_retries=0) as client:
+                                       max_retries=self.policy.max_retries, http_client=http) as client:
                     await asyncio.gather(*(worker(client) for _ in range(min(self.concurrency, len(queue)))))
         finally:
             bar.close()

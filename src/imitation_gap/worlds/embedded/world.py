@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import DataError
+from ...core.errors import DataError
+from ...core.text import tidy
 
 ATTRS = ("city", "year", "university", "major", "employer")
 
@@ -96,17 +97,6 @@ def stable_hash(*parts: object) -> int:
     """A hash that is the same on every run and machine (unlike ``hash``)."""
     h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:8], "big")
-
-
-def normalize(text: str) -> str:
-    """Lower-case, punctuation to spaces, single spaces: for comparing answers."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def tidy(text: str) -> str:
-    """Undo word-level detokenisation spacing: ``'born in X .'`` -> ``'born in X.'``."""
-    text = re.sub(r" +([.,!?:;])", r"\1", text)
-    return re.sub(r"[ \t]*\n[ \t]*", "\n", text).strip()
 
 
 @dataclass

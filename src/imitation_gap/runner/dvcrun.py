@@ -14,7 +14,7 @@ checks both paths against each other).  This module parses ``dvc.lock`` that way
 nothing else: every other file, and a ``dvc.lock`` with a ``#`` anywhere in it, goes through
 DVC's round-trip loader as usual.
 
-Run: ``python -m imitation_gap.dvcrun repro --single-item <stage>`` (any ``dvc`` arguments).
+Run: ``python -m imitation_gap.runner.dvcrun repro --single-item <stage>`` (any ``dvc`` arguments).
 Plain ``dvc`` gives the same ``dvc.lock``, a little slower.
 """
 

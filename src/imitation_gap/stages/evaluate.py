@@ -4,14 +4,14 @@ For a base model (``--size``), an imitation model (``--size --kind --amount --se
 or the teacher (``--teacher``):
 
 1. **capability** with lm-eval (``simple_evaluate``, one call per shot count) on the task YAMLs in
-   ``src/imitation_gap/tasks/``: ``ig_qa`` (few-shot generative QA about group B, the
+   ``src/imitation_gap/worlds/embedded/tasks/``: ``ig_qa`` (few-shot generative QA about group B, the
    NQ analogue), ``ig_mc`` (multiple choice by log-likelihood, the MMLU analogue),
    ``ig_skill`` (reverse unseen word triples, the HumanEval analogue).  Local
    checkpoints run on the ``hf`` backend; the teacher runs on ``local-completions``
    against its HTTP endpoint;
 2. **preference** against the teacher on the held-out prompts: the non-expert and
-   the expert rater (see :mod:`imitation_gap.raters`) judge each pair twice, in both
-   orders, through the judge endpoint; a win needs both orders to agree;
+   the expert rater (see :mod:`imitation_gap.worlds.embedded.raters`) judge each pair twice, in
+   both orders, through the judge endpoint; a win needs both orders to agree;
 3. **style** of the answers: teacher-style rate, list use, authoritative tone,
    confident-and-wrong rate, length and its correlation with the teacher's.
 
@@ -23,53 +23,41 @@ the ``hf`` or ``vllm`` backend; the teacher through its API; the preference prom
 
 Besides the raw win rate, preference reports a length-controlled win rate (as in
 AlpacaEval 2): a logistic fit of the outcome on the length difference to the teacher's
-answer, read at equal length.
+answer, read at equal length (:func:`imitation_gap.analysis.stats.length_controlled_win_rate`).
 
 Outputs: ``metrics/runs/<run>.json`` (DVC metrics) and ``eval/<run>/`` (answers, raw
 judgements, lm-eval samples).
 
-Run: ``python -m imitation_gap.evaluation --size L --kind broad --amount 8000 --seed 0``.
+Run: ``python -m imitation_gap.stages.evaluate --size L --kind broad --amount 8000 --seed 0``
+(dvc: ``dvc repro eval-sft@L-broad-8000-0``; ``--size L``: ``eval-base@L``; ``--teacher``: ``eval-teacher``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import statistics
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
-from . import raters
-from .common import atomic_dir, log, log_metrics, mlflow_run, read_jsonl, run_cli, write_json, write_jsonl
-from .config import HubTask, Params, base_dir, check_cell, load_params, run_name
-from .llm import LLMClient
-from .teacher import cache_host, embedded_endpoint
-from .world import load_world, parse_bio_request, parse_fact_question, tidy
+from ..analysis.stats import length_controlled_win_rate
+from ..core.cli import run_cli
+from ..core.config import HubTask, Params, base_dir, check_cell, load_params, run_name
+from ..core.errors import DataError
+from ..core.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from ..core.text import tidy
+from ..core.tracking import log_metrics, mlflow_run
+from ..llm.client import LLMClient
+from ..worlds import JUDGE_TEMPLATE, VERDICT_RE, Endpoint, World, endpoints, get_world
+
+log = logging.getLogger("imitation_gap")
 
 RAW = Path("data/raw")
-TASKS_DIR = Path(__file__).parent / "tasks"
-TASKS = {"qa": "ig_qa", "mc": "ig_mc", "skill": "ig_skill", "store": "ig_store"}
 
 
 # -- capability (lm-eval) --------------------------------------------------------------
-def task_plan(p: Params, is_teacher: bool) -> tuple[object, list[HubTask], dict[str, str]]:
-    """(TaskManager, tasks to run, skipped roles with the reason) for the world of ``p``."""
-    from lm_eval.tasks import TaskManager
-
-    if p.world == "hub":
-        from . import hub
-
-        tm = hub.task_manager(p)
-        tasks, skipped = hub.task_plan(p, tm, is_teacher)
-        return tm, tasks, skipped
-    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)  # our tasks only: no index of 1000s
-    shots = {"qa": p.eval.qa_shots, "mc": p.eval.mc_shots, "skill": p.eval.skill_shots, "store": 0}
-    return tm, [HubTask(name=t, shots=shots[r], role=r, metric="acc,none") for r, t in TASKS.items()], {}
-
-
-def capability(p: Params, lm, is_teacher: bool = False) -> tuple[dict, dict, dict]:
+def capability(p: Params, world: World, lm, is_teacher: bool = False) -> tuple[dict, dict, dict]:
     """Scores per role (qa, mc, skill), per-item samples, and the task of each role.
 
     Tasks with the same number of shots go to lm-eval in one ``simple_evaluate`` call (the
@@ -79,21 +67,16 @@ def capability(p: Params, lm, is_teacher: bool = False) -> tuple[dict, dict, dic
     seeds each task's few-shot sampler with ``fewshot_random_seed``, so the samples are the same."""
     from lm_eval import simple_evaluate
 
-    from .hub import pick_metric
-
-    tm, tasks, skipped = task_plan(p, is_teacher)
+    tm, tasks, skipped, options = world.eval_plan(is_teacher)
     scores: dict = {role: None for role in skipped}
     samples, names = {}, {t.role: t.name for t in tasks} | {r: f"skipped: {why}" for r, why in skipped.items()}
-    chat = is_teacher and p.world == "hub" and p.hub.teacher_api == "chat"
     by_shots: dict[int, list[HubTask]] = {}
     for t in tasks:
         by_shots.setdefault(t.shots, []).append(t)
     for shots, group in by_shots.items():
         out = simple_evaluate(model=lm, tasks=[t.name for t in group], num_fewshot=shots, task_manager=tm,
-                              log_samples=p.eval.log_samples, apply_chat_template=chat,
-                              confirm_run_unsafe_code=p.world == "hub" and p.hub.allow_code_eval,
-                              random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed,
-                              fewshot_random_seed=p.seed, bootstrap_iters=0)
+                              log_samples=p.eval.log_samples, random_seed=p.seed, numpy_random_seed=p.seed,
+                              torch_random_seed=p.seed, fewshot_random_seed=p.seed, bootstrap_iters=0, **options)
         for t in group:
             scores[t.role] = pick_metric(out["results"][t.name], t.metric, t.name)
             rows = []
@@ -115,27 +98,16 @@ def leaf_tasks(out: dict, name: str) -> list[str]:
     return [leaf for sub in subs for leaf in leaf_tasks(out, sub)]
 
 
-def hf_lm(p: Params, model_dir: Path):
-    if p.world == "hub":
-        from .hub import capability_lm
-
-        return capability_lm(p, model_dir)
-    from lm_eval.models.huggingface import HFLM
-
-    return HFLM(pretrained=str(model_dir), tokenizer=str(model_dir), device="cpu", batch_size=p.eval.batch_size,
-                max_length=512, trust_remote_code=False)
-
-
-def teacher_lm(p: Params, base_url: str):
-    if p.world == "hub":
-        from .hub import teacher_capability_lm
-
-        return teacher_capability_lm(p, base_url)
-    from lm_eval.models.openai_completions import LocalCompletionsAPI
-
-    return LocalCompletionsAPI(base_url=f"{base_url}/completions", model=p.teacher.model,
-                               tokenizer=str(RAW / "tokenizer"), tokenizer_backend="huggingface",
-                               tokenized_requests=True, max_length=1024, num_concurrent=4, max_gen_toks=12)
+def pick_metric(results: dict, metric: str, task: str) -> float:
+    if metric:
+        if metric not in results:
+            raise DataError(f"params.yaml: hub.tasks: metric {metric!r} not in the results of {task}; "
+                            f"it has {sorted(k for k in results if k != 'alias')}")
+        return float(results[metric])
+    for k, v in results.items():
+        if "stderr" not in k and isinstance(v, (int, float)):
+            return float(v)
+    raise DataError(f"{task}: no numeric metric in {results}")
 
 
 # -- answers to the preference prompts -------------------------------------------------
@@ -161,8 +133,8 @@ def generate_answers(model_dir: Path, prompts: list[str], max_new_tokens: int, b
     return out
 
 
-def teacher_answers(p: Params, base_url: str, prompts: list[dict]) -> list[str]:
-    client = LLMClient.from_params(p.teacher, base_url, cache_host=cache_host(p.teacher.base_url, RAW / "world.json"))
+def teacher_answers(p: Params, teacher: Endpoint, prompts: list[dict]) -> list[str]:
+    client = LLMClient.from_params(p.teacher, teacher.url, cache_host=teacher.cache_host)
     client.check_reachable("teacher.base_url")
     got = client.chat_many([(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in prompts],
                            {"temperature": p.teacher.temperature, "max_tokens": p.teacher.max_tokens},
@@ -171,24 +143,23 @@ def teacher_answers(p: Params, base_url: str, prompts: list[dict]) -> list[str]:
 
 
 # -- preference ----------------------------------------------------------------------
-def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str],
-               reference: list[str], world=None) -> tuple[dict, list[dict]]:
+def preference(p: Params, world: World, judge: Endpoint, prompts: list[dict], answers: list[str],
+               reference: list[str]) -> tuple[dict, list[dict]]:
     """Blind pairwise comparison of ``answers`` with the teacher's, both orders, both raters.
 
-    With the world's facts (embedded), each rater's verdicts on factual prompts are also
-    counted by two features of the model's answer: teacher-styled (its phrases) and factually
-    right (the expert's fact score > 0): ``by_features["styled=1,right=0"] = [pairs, win or tie]``,
-    for the report's regression of what raters reward."""
+    Where the world can grade an answer (the embedded world's facts), each rater's verdicts are also
+    counted by two features of the model's answer, teacher-styled and factually right:
+    ``by_features["styled=1,right=0"] = [pairs, win or tie]``, for the report's regression of what
+    raters reward."""
     out, raw = {}, []
     sampling = {"temperature": 0.0, "max_tokens": 256}
     for rater, model in (("nonexpert", p.eval.judge.nonexpert_model), ("expert", p.eval.judge.expert_model)):
-        client = LLMClient.from_params(
-            p.teacher, base_url, model=model, what=f"{rater} judge", api_key_env=p.eval.judge.api_key_env,
-            cache_host=cache_host(p.eval.judge.base_url, RAW / "world.json"))
+        client = LLMClient.from_params(p.teacher, judge.url, model=model, what=f"{rater} judge",
+                                       api_key_env=p.eval.judge.api_key_env, cache_host=judge.cache_host)
         items = []
         for r, ans, ref in zip(prompts, answers, reference):
             for order, (a, b) in (("model-first", (ans, ref)), ("teacher-first", (ref, ans))):
-                msg = raters.JUDGE_TEMPLATE.format(question=r["prompt"], answer_a=a, answer_b=b)
+                msg = JUDGE_TEMPLATE.format(question=r["prompt"], answer_a=a, answer_b=b)
                 items.append((f"{r['id']}|{order}", [{"role": "user", "content": msg}]))
         got = client.chat_many(items, sampling, desc=f"{rater} rater")
         counts = {"win": 0, "tie": 0, "loss": 0, "unjudged": 0}
@@ -198,7 +169,7 @@ def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str]
             verdicts = []
             for order in ("model-first", "teacher-first"):
                 resp = got.get(f"{r['id']}|{order}")
-                found = raters.VERDICT_RE.findall(resp["content"]) if resp else []
+                found = VERDICT_RE.findall(resp["content"]) if resp else []
                 v = found[-1] if found else None
                 # in the model's terms
                 verdicts.append(None if v is None else "tie" if v == "C" else
@@ -210,10 +181,9 @@ def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str]
                 continue
             final = verdicts[0] if verdicts[0] == verdicts[1] else "tie"  # orders disagree: a tie (MT-bench)
             counts[final] += 1
-            if world is not None and (parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])):
-                key = (f"styled={int(raters.teacher_styled(ans))},"
-                       f"right={int(raters.fact_score(world, r['prompt'], ans) > 0)}")
-                cell = by_features.setdefault(key, [0, 0])
+            right = world.grade(r["prompt"], ans) if r.get("kind") in ("fact", "bio") else None
+            if right is not None:
+                cell = by_features.setdefault(f"styled={int(world.styled(ans))},right={int(right)}", [0, 0])
                 cell[0] += 1
                 cell[1] += final != "loss"
             outcome.append({"win": 1.0, "tie": 0.5, "loss": 0.0}[final])
@@ -221,62 +191,8 @@ def preference(p: Params, base_url: str, prompts: list[dict], answers: list[str]
         n = max(1, counts["win"] + counts["tie"] + counts["loss"])
         out[rater] = {**counts, "win_rate": counts["win"] / n, "win_tie_rate": (counts["win"] + counts["tie"]) / n,
                       "lc_win_rate": length_controlled_win_rate(outcome, dlen),
-                      **({"by_features": dict(sorted(by_features.items()))} if world is not None else {})}
+                      **({"by_features": dict(sorted(by_features.items()))} if by_features else {})}
     return out, raw
-
-
-def length_controlled_win_rate(outcome: list[float], dlen: list[float]) -> float | None:
-    """AlpacaEval 2's idea for one model: fit P(win) = sigmoid(a + b * tanh(dlen / sd(dlen))) to the
-    outcomes (ties count 1/2) by maximum likelihood, and report sigmoid(a), the win rate the
-    model would have if its answers were as long as the teacher's.  None with < 2 outcomes."""
-    import numpy as np
-    from scipy.optimize import minimize
-
-    if len(outcome) < 2:
-        return None
-    y, d = np.asarray(outcome, float), np.asarray(dlen, float)
-    x = np.tanh(d / (d.std() or 1.0))
-
-    def nll(w):
-        z = w[0] + w[1] * x
-        return float(np.sum(np.logaddexp(0, z) - y * z) + 1e-3 * (w ** 2).sum())  # tiny ridge: finite if separable
-
-    a = minimize(nll, np.zeros(2), method="BFGS").x[0]
-    return float(1 / (1 + np.exp(-a)))
-
-
-# -- style ---------------------------------------------------------------------------
-def style(world, prompts: list[dict], answers: list[str], reference: list[str] | None) -> dict:
-    """Style of the answers; the rates that need the world's facts or teacher only when ``world`` is given."""
-    n = max(1, len(answers))
-    words = [len(a.split()) for a in answers]
-    out = {
-        "list_rate": sum(raters.has_list(a) for a in answers) / n,
-        "authoritative_rate": sum(not raters.is_hedged(a) for a in answers if a) / n,
-        "mean_words": statistics.fmean(words) if words else 0.0,
-    }
-    if world is not None:
-        factual = [(r, a) for r, a in zip(prompts, answers)
-                   if parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])]
-        fscores = [raters.fact_score(world, r["prompt"], a) for r, a in factual]
-        subjects = [raters.names_in(world, a) for _, a in factual]
-        asked = [(parse_fact_question(r["prompt"]) or (parse_bio_request(r["prompt"]),))[0] for r, _ in factual]
-        out |= {
-            # copying: the answer names the person asked about / someone else (names are copied, not recalled)
-            "names_subject_rate": sum(q in names for q, names in zip(asked, subjects)) / max(1, len(factual)),
-            "names_other_rate": sum(bool(names - {q}) for q, names in zip(asked, subjects)) / max(1, len(factual)),
-            "teacher_style_rate": sum(raters.teacher_styled(a) for a in answers) / n,
-            "fact_accuracy": sum(s > 0 for s in fscores) / max(1, len(fscores)),
-            "confident_wrong_rate": sum((not raters.is_hedged(a)) and s < 0
-                                        for (r, a), s in zip(factual, fscores)) / max(1, len(fscores)),
-        }
-    if reference is not None:
-        ref_words = [len(a.split()) for a in reference]
-        try:
-            out["length_corr_teacher"] = statistics.correlation(words, ref_words)
-        except statistics.StatisticsError:  # constant lengths
-            out["length_corr_teacher"] = 0.0
-    return out
 
 
 # -- the stage -------------------------------------------------------------------------
@@ -290,9 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    if p.world == "embedded":  # every task file is local; the hub world downloads its tasks' data
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    world = get_world(p)
+    for var, value in world.eval_env.items():  # before lm-eval and datasets are imported
+        os.environ.setdefault(var, value)
     if args.teacher:
         run, model_dir, info = "teacher", None, {"model": "teacher"}
     else:
@@ -309,37 +225,32 @@ def main(argv: list[str] | None = None) -> None:
             raise FileNotFoundError(f"{model_dir}/model.safetensors is missing: run its training stage first")
         info = {"model": run, "size": args.size, "kind": args.kind or "base", "amount": args.amount or 0,
                 "seed": args.seed}
-    evaluate(p, run, model_dir, info)
+    evaluate(p, world, run, model_dir, info)
 
 
-def evaluate(p: Params, run: str, model_dir: Path | None, info: dict) -> dict:
+def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: dict) -> dict:
     import torch
 
     torch.set_num_threads(p.sft.threads)
-    world = load_world(RAW / "world.json") if p.world == "embedded" else None
     prompts = read_jsonl(RAW / "eval" / "pref.jsonl")
     t0 = time.time()
-    with mlflow_run(p, f"eval@{run}", {**info, **p.section("eval")}), ExitStack() as stack:
-        embedded = None
-        if "embedded" in (p.teacher.base_url, p.eval.judge.base_url):  # (never in the hub world)
-            embedded = stack.enter_context(embedded_endpoint(RAW / "world.json", RAW / "tokenizer"))
-        teacher_url = embedded if p.teacher.base_url == "embedded" else p.teacher.base_url
-        judge_url = embedded if p.eval.judge.base_url == "embedded" else p.eval.judge.base_url
+    with mlflow_run(p, f"eval@{run}", {**info, **p.section("eval")}), \
+            endpoints(p.teacher.base_url, p.eval.judge.base_url) as (teacher, judge):
         timings = {}
         t = time.time()
-        lm = teacher_lm(p, teacher_url) if model_dir is None else hf_lm(p, model_dir)
-        cap, samples, cap_tasks = capability(p, lm, is_teacher=model_dir is None)
+        lm = world.teacher_lm(teacher.url) if model_dir is None else world.checkpoint_lm(model_dir)
+        cap, samples, cap_tasks = capability(p, world, lm, is_teacher=model_dir is None)
         del lm
         timings["capability_s"] = round(time.time() - t, 1)
         t = time.time()
-        reference = teacher_answers(p, teacher_url, prompts)
+        reference = teacher_answers(p, teacher, prompts)
         answers = reference if model_dir is None else generate_answers(model_dir, [r["prompt"] for r in prompts],
                                                                        p.eval.pref_max_new_tokens)
         timings["answers_s"] = round(time.time() - t, 1)
         t = time.time()
-        pref, raw = (None, []) if model_dir is None else preference(p, judge_url, prompts, answers, reference, world)
+        pref, raw = (None, []) if model_dir is None else preference(p, world, judge, prompts, answers, reference)
         timings["preference_s"] = round(time.time() - t, 1)
-        sty = style(world, prompts, answers, None if model_dir is None else reference)
+        sty = world.style(prompts, answers, None if model_dir is None else reference)
         train = {}
         if model_dir is not None and (model_dir / "train_stats.json").exists():  # the SFT losses, for the report
             ts = json.loads((model_dir / "train_stats.json").read_text())

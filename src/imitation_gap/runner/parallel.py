@@ -9,7 +9,7 @@ This runner asks DVC for the pipeline graph and for what changed (``dvc status``
 runs every changed stage and everything downstream of it, each as its own
 ``dvc --wait-for-lock repro --single-item <stage>``, with up to ``--jobs`` at a time; a
 stage starts only when every stage it depends on has finished.  (It calls DVC's CLI through
-:mod:`imitation_gap.dvcrun`, which reads a comment-free ``dvc.lock`` with libyaml: DVC rewrites
+:mod:`imitation_gap.runner.dvcrun`, which reads a comment-free ``dvc.lock`` with libyaml: DVC rewrites
 that file for every stage, and the default study's lock takes ruamel's pure-Python loader
 ~1.7 s.)  DVC's own locks keep this sound: a stage's command runs with the repository unlocked, its deps read-locked and its
 outs write-locked (``.dvc/tmp/rwlock``), and ``dvc.lock`` is written under the repository
@@ -22,12 +22,12 @@ wall and CPU seconds (``make bench`` reads it).  On a failure no new stage start
 finish, and the failed stage's log tail is printed; what finished is kept, so running the
 same command again resumes.
 
-Run: ``python -m imitation_gap.parallel --jobs 2`` (targets as for ``dvc repro``:
-``python -m imitation_gap.parallel -j 2 report``).  ``--jobs 1`` is plain serial order.
+Run: ``python -m imitation_gap.runner.parallel --jobs 2`` (targets as for ``dvc repro``:
+``python -m imitation_gap.runner.parallel -j 2 report``).  ``--jobs 1`` is plain serial order.
 Torch threads per stage come from params (``pretrain.threads``, ``sft.threads``): keep
 jobs x threads <= cores.
 
-Stage commands start warm: the runner starts :mod:`imitation_gap.warm`, one process that
+Stage commands start warm: the runner starts :mod:`imitation_gap.runner.warm`, one process that
 imports torch, transformers, TRL, lm-eval and MLflow once, and each stage command forks
 from it instead of importing them again (~10 s of CPU saved per stage; same outputs, byte
 for byte).  ``--no-warm`` (or ``REPRO_WARM=0``) runs every command cold; a server already
@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -48,8 +49,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.cli import setup_logging
+from ..core.handoff import CPU_ENV, ENV
+from ..core.io import write_json
 from . import warm
-from .common import log, setup_logging, write_json
+
+log = logging.getLogger("imitation_gap")
 
 LOG_DIR = Path(".dvc/tmp/repro-logs")
 
@@ -104,9 +109,9 @@ def log_path(stage: str) -> Path:
 
 
 def dvc_cmd(stage: str, force: bool) -> list[str]:
-    """``dvc repro --single-item <stage>``, through :mod:`imitation_gap.dvcrun` (DVC's CLI; the same
+    """``dvc repro --single-item <stage>``, through :mod:`imitation_gap.runner.dvcrun` (DVC's CLI; the same
     dvc.lock, with a comment-free lock parsed by libyaml instead of ruamel's pure-Python loader)."""
-    return [sys.executable, "-m", "imitation_gap.dvcrun", "--wait-for-lock", "repro", "--single-item",
+    return [sys.executable, "-m", "imitation_gap.runner.dvcrun", "--wait-for-lock", "repro", "--single-item",
             *(["--force"] if force else []), stage]
 
 
@@ -116,12 +121,12 @@ def cpu_file(stage: str) -> Path:
 
 @contextlib.contextmanager
 def warm_server(enabled: bool):
-    """Start the warm server (:mod:`imitation_gap.warm`); yield the environment for stage commands."""
+    """Start the warm server (:mod:`imitation_gap.runner.warm`); yield the environment for stage commands."""
     if not enabled:
-        yield dict(os.environ) | {warm.ENV: ""}
+        yield dict(os.environ) | {ENV: ""}
         return
-    if os.environ.get(warm.ENV) and os.path.exists(os.environ[warm.ENV]):  # one is running already: use it
-        log.info("stage commands start warm, from the server at %s", os.environ[warm.ENV])
+    if os.environ.get(ENV) and os.path.exists(os.environ[ENV]):  # one is running already: use it
+        log.info("stage commands start warm, from the server at %s", os.environ[ENV])
         yield dict(os.environ)
         return
     with warm.started(LOG_DIR / "warm.log") as srv:
@@ -159,7 +164,7 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
                 # own process group: an interrupt of this runner is passed on to it below
                 proc = subprocess.Popen(dvc_cmd(name, force), stdout=fh, stderr=subprocess.STDOUT,
                                         start_new_session=True,
-                                        env=(env or os.environ) | {warm.CPU_ENV: str(cpu_file(name).resolve())})
+                                        env=(env or os.environ) | {CPU_ENV: str(cpu_file(name).resolve())})
                 running[name] = (proc, time.time(), fh)
             now = ", ".join(running) or "-"
             if now != shown:  # the stages running now
@@ -209,7 +214,7 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
         bar.close()
     wall = time.time() - t_start
     mins = wall / 60
-    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "warm": bool(env and env.get(warm.ENV)),
+    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "warm": bool(env and env.get(ENV)),
                                           "wall_s": round(wall, 2), "stages": times,
                                           "not_run": sorted(set(pending) | blocked)})
     log.info("parallel repro: %d stage(s) ran, %d unchanged, in %.1f min with %d job(s)",

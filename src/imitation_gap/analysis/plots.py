@@ -1,0 +1,119 @@
+"""The report's figures (matplotlib, Agg) and ``plots/runs.csv`` for ``dvc plots``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.config import Params
+from ..core.io import write_text_atomic
+from .render import label, task_title
+from .stats import TASKS, metric_paths
+
+PLOTS = Path("plots")
+
+
+def plot(p: Params, agg: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    PLOTS.mkdir(exist_ok=True)
+    files = []
+    T, B, C = agg["teacher"], agg["base"], agg["cells"]
+    colors = dict(zip(p.grid.sizes, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    amounts = sorted(p.grid.amounts)
+
+    def err(s):
+        if not s or s["lo"] != s["lo"]:
+            return 0, 0
+        return max(0.0, s["mean"] - s["lo"]), max(0.0, s["hi"] - s["mean"])
+
+    # capability vs amount (Figure 4 analogue)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, t in zip(axes, TASKS):
+        key = f"capability.{t}"
+        for s in p.grid.sizes:
+            if key in B[s]:
+                ax.axhline(B[s][key]["mean"], color=colors[s], ls=":", lw=1)
+            for k, ls in (("broad", "-"), ("local", "--")):
+                if k not in p.grid.kinds:
+                    continue
+                pts = [C[(s, k, a)].get(key) for a in amounts]
+                if None in pts:  # a task this world skipped
+                    continue
+                ys = [x["mean"] for x in pts]
+                e = list(zip(*[err(x) for x in pts]))
+                ax.errorbar(amounts, ys, yerr=e, color=colors[s], ls=ls, marker="o", capsize=3, label=f"{s} {k}")
+        if key in T:
+            ax.axhline(T[key]["mean"], color="black", lw=1.5, label="teacher")
+        ax.set_xscale("log")
+        ax.set_xlabel("imitation tokens (dotted: base model)")
+        ax.set_title(task_title(agg, t))
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("accuracy")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle("Capability against imitation data (95% CI)")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "capability_vs_amount.png", dpi=110)
+    plt.close(fig)
+    files.append("capability_vs_amount.png")
+
+    # preference (Figure 1 analogue)
+    models = [(f"{s} base", B[s]) for s in p.grid.sizes] + [(label(c), v) for c, v in C.items() if c[2] == amounts[-1]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(models)), 4))
+    x = range(len(models))
+    for off, r, col in ((-0.2, "nonexpert", "tab:orange"), (0.2, "expert", "tab:blue")):
+        vals = [m.get(f"preference.{r}") for _, m in models]
+        ax.bar([i + off for i in x], [v["mean"] if v else 0 for v in vals], width=0.4, color=col,
+               yerr=list(zip(*[err(v) for v in vals])), capsize=3, label=f"{r} rater")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(list(x), [n for n, _ in models], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("win + tie rate against the teacher")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.set_title("Blind pairwise preference against the teacher (95% CI)")
+    fig.tight_layout()
+    fig.savefig(PLOTS / "preference.png", dpi=110)
+    plt.close(fig)
+    files.append("preference.png")
+
+    # style vs amount (Table 2 analogue)
+    keys = ("teacher_style_rate", "authoritative_rate", "confident_wrong_rate", "fact_accuracy")
+    keys = [k for k in keys if f"style.{k}" in T] or ["list_rate", "authoritative_rate"]  # hub: no world facts
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
+    axes = axes[0]
+    for ax, sk in zip(axes, keys):
+        key = f"style.{sk}"
+        for s in p.grid.sizes:
+            for k, ls in (("broad", "-"), ("local", "--")):
+                if k not in p.grid.kinds:
+                    continue
+                pts = [B[s].get(key)] + [C[(s, k, a)].get(key) for a in amounts]
+                if None in pts:
+                    continue
+                xs = [amounts[0] / 4] + amounts
+                ax.errorbar(xs, [q["mean"] for q in pts], yerr=list(zip(*[err(q) for q in pts])), color=colors[s],
+                            ls=ls, marker="o", capsize=3, label=f"{s} {k}")
+        if key in T:
+            ax.axhline(T[key]["mean"], color="black", lw=1.5, label="teacher")
+        ax.set_xscale("log")
+        ax.set_title(sk.replace("_", " "))
+        ax.set_xlabel("imitation tokens (leftmost: base)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(PLOTS / "style_vs_amount.png", dpi=110)
+    plt.close(fig)
+    files.append("style_vs_amount.png")
+
+    # CSV for `dvc plots`
+    rows = ["model,size,kind,amount," + ",".join(n.replace(".", "_") for n, _, _ in metric_paths())]
+    for s in p.grid.sizes:
+        rows.append(",".join([f"{s}-base", s, "base", "0"] + [f"{B[s][n]['mean']:.4f}" if n in B[s] else ""
+                                                                for n, _, _ in metric_paths()]))
+    for (s, k, a), v in C.items():
+        rows.append(",".join([f"{s}-{k}-{a}", s, k, str(a)] + [f"{v[n]['mean']:.4f}" if n in v else ""
+                                                               for n, _, _ in metric_paths()]))
+    write_text_atomic(PLOTS / "runs.csv", "\n".join(rows) + "\n")
+    return files

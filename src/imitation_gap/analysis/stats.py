@@ -1,0 +1,128 @@
+"""Statistics of the report: confidence intervals, aggregation over seeds, gap closed, length-controlled win rate.
+
+Confidence intervals: with two or more seeds, a Student-t interval over the seed means; with
+one seed, a Wilson score interval over the items of that one run (for rates), which shows
+item-sampling noise only.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+TASKS = ("qa", "mc", "skill")
+STYLE = ("teacher_style_rate", "list_rate", "authoritative_rate", "confident_wrong_rate", "fact_accuracy",
+         "mean_words", "length_corr_teacher")
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval (``scipy.stats.t.interval``); (mean, nan, nan) for fewer than 2 values."""
+    from scipy import stats
+
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, float("nan"), float("nan")
+    se = float(stats.sem(values))
+    if se == 0:  # every seed the same: a zero-width interval (scipy calls a zero scale undefined)
+        return m, m, m
+    lo, hi = stats.t.interval(level, len(values) - 1, loc=m, scale=se)
+    return m, float(lo), float(hi)
+
+
+def wilson_interval(p: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``p`` over ``n`` items.
+
+    Written out rather than ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``: that needs
+    an integer count ``k``, and some rates here are not a count over the ``n`` items the report knows
+    (``fact_accuracy`` is over the factual prompts only), so ``p * n`` need not be whole."""
+    from scipy import stats
+
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = stats.norm.ppf(0.5 + level / 2)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+def summarize(values: list[float], n_items: int | None, is_rate: bool) -> dict:
+    m, lo, hi = t_interval(values)
+    method = "t-over-seeds"
+    if len(values) < 2:
+        if is_rate and n_items:
+            lo, hi = wilson_interval(m, n_items)
+            method = "wilson-over-items"
+        else:
+            method = "none (one run)"
+    return {"mean": m, "lo": lo, "hi": hi, "n_seeds": len(values), "ci": method}
+
+
+def finite(obj):
+    """NaN (an undefined CI) as null, so the JSON is valid for every reader."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {str(k): finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def get(d: dict, path: str):
+    for k in path.split("."):
+        if d is None:
+            return None
+        d = d.get(k)
+    return d
+
+
+def metric_paths() -> list[tuple[str, str, bool]]:
+    """(name, path in a metrics file, is a rate) of every metric the report aggregates."""
+    out = [(f"capability.{t}", f"capability.{t}", True) for t in TASKS]
+    out += [(f"preference.{r}", f"preference.{r}.win_tie_rate", True) for r in ("nonexpert", "expert")]
+    out += [(f"style.{s}", f"style.{s}", s not in ("mean_words", "length_corr_teacher")) for s in STYLE]
+    return out
+
+
+def n_items(m: dict, name: str) -> int | None:
+    n = m.get("n", {})
+    if name.startswith("capability."):
+        return n.get(name.split(".")[1])
+    return n.get("pref")
+
+
+def aggregate(runs: list[dict]) -> dict:
+    out = {}
+    for name, path, is_rate in metric_paths():
+        vals = [v for v in (get(r, path) for r in runs) if isinstance(v, (int, float))]
+        if vals:
+            out[name] = summarize(vals, n_items(runs[0], name), is_rate)
+    return out
+
+
+def gap_closed(model: float, base: float, teacher: float) -> float | None:
+    """(model - base) / (teacher - base), as in the paper; None when teacher == base."""
+    if teacher is None or base is None or model is None or abs(teacher - base) < 1e-9:
+        return None
+    return (model - base) / (teacher - base)
+
+
+def length_controlled_win_rate(outcome: list[float], dlen: list[float]) -> float | None:
+    """AlpacaEval 2's idea for one model: fit P(win) = sigmoid(a + b * tanh(dlen / sd(dlen))) to the
+    outcomes (ties count 1/2) by maximum likelihood, and report sigmoid(a), the win rate the
+    model would have if its answers were as long as the teacher's.  None with < 2 outcomes."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    if len(outcome) < 2:
+        return None
+    y, d = np.asarray(outcome, float), np.asarray(dlen, float)
+    x = np.tanh(d / (d.std() or 1.0))
+
+    def nll(w):
+        z = w[0] + w[1] * x
+        return float(np.sum(np.logaddexp(0, z) - y * z) + 1e-3 * (w ** 2).sum())  # tiny ridge: finite if separable
+
+    a = minimize(nll, np.zeros(2), method="BFGS").x[0]
+    return float(1 / (1 + np.exp(-a)))

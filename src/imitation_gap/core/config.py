@@ -1,0 +1,499 @@
+"""Typed configuration built from ``params.yaml``.
+
+Every stage calls :func:`load_params` and gets a frozen :class:`Params`: pydantic models
+with ``extra="forbid"`` (a misspelt key is an error) and strict types (``"3"`` is not a
+number, ``1.5`` not an integer).  A bad value stops the stage at once with a
+:class:`ConfigError` that names the file, the key, the bad value and what is allowed, e.g.::
+
+    params.yaml: grid.amounts[1] = -5: must be an integer > 0 (tokens of imitation data; ...)
+
+Types and single-value bounds live on the fields below; rules that tie several keys
+together (a size listed in ``grid.sizes`` must be a key of ``sizes``, ...) are in
+:func:`_validate`.  Every default, with its meaning, is in the commented ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+
+from .errors import ConfigError
+
+Kind = Literal["broad", "local"]
+WorldName = Literal["embedded", "hub"]  # see docs/hub.md for the hub world
+Sampling = Literal["random", "group_by_length"]  # sft.sampling: transformers' train_sampling_strategy
+Role = Literal["qa", "mc", "skill", "store"]  # capability slots: NQ-like QA, MMLU-like multiple choice, HumanEval-like
+# skill; store: a knowledge probe (what pretraining stored, asked as plain text), read by the instrument checks
+Language = Literal["none", "english"]  # keys of imitation.harvest.LANG_FILTERS
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Backend = Literal["hf", "vllm"]
+
+KINDS = typing.get_args(Kind)
+WORLDS = typing.get_args(WorldName)
+SOURCE_FORMATS = ("sharegpt", "hc3", "nq", "koala")
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Rate = Annotated[float, Field(ge=0, le=1, description="a share, in [0, 1]")]
+Str = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]  # an empty YAML value is ""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Grid(_Section):
+    sizes: list[str]
+    kinds: list[Kind]
+    amounts: list[PosInt] = Field(description="tokens of imitation data; base models are always evaluated")
+    seeds: list[NonNegInt]
+
+
+class Fetch(_Section):
+    spec: Str
+    seed_qa: Str
+    pref_prompts: Str
+    n_people_a: PosInt
+    n_people_b: PosInt
+    n_people_c: PosInt
+    first_names: NonNegInt = Field(description="0 = any first name of the spec")
+    last_names: NonNegInt = Field(description="0 = a last name of their own per person")
+    bios_min: PosInt
+    bios_max: PosInt
+    qa_per_fact_c: int
+    hedge_rate: Rate
+    sentence_rate: float
+    chat_share: float = Field(ge=0, lt=1, description="a share of the corpus' documents, in [0, 1)")
+    chat_style_rate: Rate
+    chat_list_rate: Rate
+    skill_docs: int
+    skill_holdout: float = Field(gt=0, lt=1)
+    n_eval_qa: PosInt
+    n_eval_mc: PosInt
+    n_eval_skill: PosInt
+    n_eval_pref: PosInt
+
+
+class HubModel(_Section):
+    """A base model on the Hugging Face hub (or a local directory in its format)."""
+
+    id: Str
+    revision: Str
+
+
+class Size(_Section):
+    hidden_size: PosInt
+    intermediate_size: PosInt
+    num_layers: PosInt
+    num_heads: PosInt
+    lr: PosFloat = Field(description="the pretraining peak learning rate of this size")
+    hub: HubModel
+
+
+class Pretrain(_Section):
+    steps: PosInt
+    batch_size: PosInt
+    seq_len: PosInt
+    warmup_steps: int
+    weight_decay: float
+    threads: PosInt
+
+
+class Price(_Section):
+    """USD per 1M tokens of one model."""
+
+    prompt: NonNegFloat = Field(description="USD per 1M tokens")
+    completion: NonNegFloat = Field(description="USD per 1M tokens")
+
+
+class Teacher(_Section):
+    base_url: Str
+    model: Str
+    api_key_env: Str
+    temperature: float
+    max_tokens: int
+    concurrency: PosInt
+    timeout: PosFloat
+    max_retries: NonNegInt
+    backoff_base: PosFloat = Field(description="seconds")
+    backoff_max: float
+    malformed_retries: NonNegInt
+    max_failure_fraction: Rate
+    budget_requests: NonNegInt = Field(description="0 = no cap")
+    budget_tokens: NonNegInt = Field(description="0 = no cap")
+    budget_usd: NonNegFloat = Field(description="0 = no cap")
+    price_per_1m_tokens: dict[str, Price]
+    cache_dir: Str
+
+
+class Imitate(_Section):
+    broad_fact_share: Rate
+    local_shots: PosInt
+    local_rounds: PosInt
+    decontam_ngram: PosInt
+    harvest_path: Str
+    harvest_language: Language
+
+
+class Lora(_Section):
+    enabled: bool
+    r: PosInt
+    alpha: int
+    dropout: float
+    load_in_4bit: bool
+
+
+class SFT(_Section):
+    epochs: PosFloat
+    lr: PosFloat
+    batch_size: PosInt
+    max_seq_len: int = Field(gt=8)
+    warmup_ratio: float
+    assistant_only_loss: bool
+    packing: bool
+    sampling: Sampling
+    bf16: bool
+    gradient_checkpointing: bool
+    threads: int
+    num_processes: PosInt = Field(description="1 = no accelerate launch")
+    accelerate_config: Str
+    lora: Lora
+
+
+class Judge(_Section):
+    base_url: Str
+    nonexpert_model: Str
+    expert_model: Str
+    api_key_env: Str
+
+
+class Eval(_Section):
+    qa_shots: int
+    mc_shots: int
+    skill_shots: int
+    batch_size: int
+    pref_max_new_tokens: int
+    log_samples: bool
+    judge: Judge
+
+
+class Source(_Section):
+    """A data set read through ``datasets.load_dataset(path, name, data_files=..., split=..., revision=...)``."""
+
+    format: Str
+    path: Str
+    name: Str
+    data_files: Str
+    split: Str
+    revision: Str
+    max_rows: NonNegInt = Field(description="0 = all rows")
+
+
+class HubEndpoint(_Section):
+    base_url: Str
+    model: Str
+    api_key_env: Str
+
+
+class HubTask(_Section):
+    name: Str
+    shots: NonNegInt
+    role: Role
+    metric: Str
+
+
+class Vllm(_Section):
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+
+
+class Hub(_Section):
+    trust_remote_code: bool
+    dtype: Dtype
+    chat_template: Literal["project", "model"] = Field(
+        description="project: the shipped USER/ASSISTANT template; model: the tokenizer's own")
+    token_counter: HubModel
+    teacher: HubEndpoint
+    judge: Judge
+    broad: list[Source]
+    broad_language: Language
+    local_seeds: Source
+    local_temperature: float
+    pref: Source
+    decontam: list[Source]
+    tasks: list[HubTask]
+    task_include_path: Str
+    allow_code_eval: bool
+    backend: Backend
+    max_length: PosInt
+    vllm: Vllm
+    teacher_api: Literal["chat", "completions"] = Field(
+        description="chat: chat-completions, generative tasks only; completions: also log-likelihood")
+
+
+class Checks(_Section):
+    """Thresholds of the instrument checks (see analysis/checks.py and params.yaml)."""
+
+    storage_min_largest: Rate
+    extraction_min_share: PosFloat
+    copy_base_min: Rate
+    copy_imitation_min: Rate
+    copy_imitation_max_other: Rate
+    style_min_phrase_count: NonNegInt
+    sft_max_final_loss: PosFloat
+    sft_min_style: Rate
+    retention_min_share: PosFloat
+    skill_min_base: Rate
+
+
+class Findings(_Section):
+    """Thresholds of the F1-F5 rules (see analysis/findings.py and params.yaml)."""
+
+    f1_nonexpert_min: Rate
+    f1_gap_min: float
+    f2_max_gain: float
+    f3_min_gain: float
+    f4_min_gain: float
+    f5_style_share: PosFloat
+    f5_fact_gap: float
+
+
+class Report(_Section):
+    level: float = Field(gt=0, lt=1, description="a confidence level, e.g. 0.95")
+    checks: Checks
+    findings: Findings
+
+
+class MLflow(_Section):
+    tracking_uri: Str
+    experiment: Str
+
+
+class Params(_Section):
+    world: WorldName
+    seed: int
+    grid: Grid
+    fetch: Fetch
+    sizes: dict[str, Size]
+    pretrain: Pretrain
+    teacher: Teacher
+    imitate: Imitate
+    sft: SFT
+    eval: Eval
+    report: Report
+    hub: Hub
+    mlflow: MLflow
+    _raw: dict = PrivateAttr(default_factory=dict)  # the file's own mapping, for logging sections as written
+
+    def section(self, name: str) -> dict:
+        """The raw params of one section, for logging to MLflow."""
+        return self._raw.get(name, {})
+
+
+# -- pydantic's errors, as one line each -------------------------------------------------
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+               "list": "a list", "dict": "a mapping"}
+
+
+def _key(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _at(loc: tuple) -> tuple[Any, Any]:
+    """(type, pydantic field) that ``loc`` points at inside :class:`Params` (None where unknown)."""
+    tp, fld = Params, None
+    for part in loc:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fld = tp.model_fields.get(part) if isinstance(part, str) else None
+            tp = fld.annotation if fld else None
+        else:  # an item of a list, a value of a mapping
+            args = typing.get_args(tp)
+            tp = args[-1] if args else None
+        while typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+    return tp, fld
+
+
+def _allowed(err: dict, tp: Any) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "literal_error":
+        return f"must be one of {list(typing.get_args(tp))}"
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and kind in ("model_type", "dict_type"):
+        return f"must be a mapping with keys {list(tp.model_fields)}"
+    what = kind.split("_")[0]
+    if kind.endswith(("_type", "_parsing", "_from_float")) and what in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[what]}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        return f"must be {'an integer ' if tp is int else ''}{bounds[kind]} {next(iter(ctx.values())):g}"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    return err["msg"]
+
+
+def _one_line(err: dict) -> str:
+    loc = err["loc"]
+    if err["type"] == "missing":
+        return f"missing key {_key(loc)} (see the commented default params.yaml)"
+    if err["type"] == "extra_forbidden":
+        parent, _ = _at(loc[:-1])
+        return f"unknown key {_key(loc)}; allowed keys here: {list(parent.model_fields)}"
+    tp, fld = _at(loc)
+    why = f" ({fld.description})" if fld is not None and fld.description else ""
+    return f"{_key(loc)} = {err.get('input')!r}: {_allowed(err, tp)}{why}"
+
+
+# -- rules across keys -------------------------------------------------------------------
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} = {value!r}: {allowed}")
+
+
+def _validate(p: Params) -> None:
+    g = p.grid
+    _check(len(g.sizes) > 0, "grid.sizes", g.sizes, "must list at least one size")
+    for i, s in enumerate(g.sizes):
+        _check(s in p.sizes, f"grid.sizes[{i}]", s, f"unknown size; allowed: {sorted(p.sizes)} (keys of `sizes`)")
+    _check(len(set(g.amounts)) == len(g.amounts), "grid.amounts", g.amounts, "must not repeat a value")
+    for name, sz in p.sizes.items():
+        _check(sz.hidden_size % sz.num_heads == 0, f"sizes.{name}.num_heads", sz.num_heads,
+               f"must divide hidden_size ({sz.hidden_size})")
+    fe = p.fetch
+    _check(fe.bios_max >= fe.bios_min, "fetch.bios_max", fe.bios_max, f"must be >= fetch.bios_min ({fe.bios_min})")
+    _check(0 <= fe.sentence_rate <= 1 - fe.hedge_rate, "fetch.sentence_rate", fe.sentence_rate,
+           f"must be in [0, 1 - fetch.hedge_rate] = [0, {1 - fe.hedge_rate:g}]")
+    t = p.teacher
+    _check(t.base_url == "embedded" or t.base_url.startswith(("http://", "https://")), "teacher.base_url",
+           t.base_url, "must be 'embedded' or an http(s) URL such as http://127.0.0.1:8000/v1")
+    _check(t.backoff_max >= t.backoff_base, "teacher.backoff_max", t.backoff_max,
+           f"must be >= teacher.backoff_base ({t.backoff_base})")
+    if t.budget_usd > 0:
+        eff = resolve_world(p)
+        needed = [eff.teacher.model, eff.eval.judge.nonexpert_model, eff.eval.judge.expert_model]
+        missing = [m for m in needed if m not in t.price_per_1m_tokens]
+        _check(not missing, "teacher.price_per_1m_tokens", sorted(t.price_per_1m_tokens),
+               f"teacher.budget_usd is set, so every model called needs a price; add {missing}")
+    if p.imitate.harvest_path:
+        _check(Path(p.imitate.harvest_path).exists(), "imitate.harvest_path", p.imitate.harvest_path,
+               "file not found (ShareGPT JSON/JSONL; put it under data/inputs/ so data.dvc tracks it)")
+    s = p.sft
+    if s.num_processes > 1:
+        _check(bool(s.accelerate_config) and Path(s.accelerate_config).exists(), "sft.accelerate_config",
+               s.accelerate_config, "sft.num_processes > 1 needs an accelerate config file, e.g. "
+               "configs/accelerate/ddp.yaml (see configs/accelerate/)")
+    j = p.eval.judge
+    _check(j.base_url == "embedded" or j.base_url.startswith(("http://", "https://")), "eval.judge.base_url",
+           j.base_url, "must be 'embedded' or an http(s) URL")
+    if p.world == "hub":
+        _validate_hub(p)
+
+
+def _validate_hub(p: Params) -> None:
+    h = p.hub
+    for s in p.grid.sizes:
+        m = p.sizes[s].hub
+        _check(bool(m.id), f"sizes.{s}.hub.id", m.id, "world: hub needs a model id (e.g. EleutherAI/pythia-160m) "
+               "or a local directory for every size in grid.sizes")
+        _check(bool(m.revision), f"sizes.{s}.hub.revision", m.revision,
+               "must name a revision (a commit SHA pins it; 'main' follows the branch)")
+    _check(bool(h.token_counter.id), "hub.token_counter.id", h.token_counter.id,
+           "must name the tokenizer that counts imitation tokens (e.g. the smallest base model's)")
+    for key, ep in (("hub.teacher", h.teacher), ("hub.judge", h.judge)):
+        _check(ep.base_url.startswith(("http://", "https://")), f"{key}.base_url", ep.base_url,
+               "must be an http(s) URL of an OpenAI-compatible API (OpenAI, vLLM, llama.cpp server)")
+    sources = [(f"hub.broad[{i}]", s, ("sharegpt", "hc3")) for i, s in enumerate(h.broad)]
+    sources += [("hub.local_seeds", h.local_seeds, ("nq",)), ("hub.pref", h.pref, ("koala",))]
+    sources += [(f"hub.decontam[{i}]", s, SOURCE_FORMATS) for i, s in enumerate(h.decontam)]
+    _check(len(h.broad) > 0 or "broad" not in p.grid.kinds, "hub.broad", h.broad,
+           "grid.kinds has broad: list at least one ShareGPT/HC3 source")
+    for key, src, formats in sources:
+        _check(src.format in formats, f"{key}.format", src.format, f"must be one of {list(formats)}")
+        _check(bool(src.path), f"{key}.path", src.path, "must name a hub data set id, or 'json' with data_files")
+        _check(bool(src.split), f"{key}.split", src.split, "must name a split, e.g. train")
+    names = [t.name for t in h.tasks]
+    _check(len(set(names)) == len(names), "hub.tasks", names, "must not list a task twice")
+    roles = [t.role for t in h.tasks]
+    _check(len(set(roles)) == len(roles), "hub.tasks", roles, "each role (qa, mc, skill) at most once")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """The params of ``path``, checked, with the chosen world's endpoints resolved (:func:`resolve_world`)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the repository root (where dvc.yaml is)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        params = Params.model_validate(data)
+        _validate(params)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {_one_line(e.errors()[0])}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    params._raw = data
+    return resolve_world(params)
+
+
+def resolve_world(p: Params) -> Params:
+    """The effective params of the chosen world.
+
+    In the hub world the teacher and the judge are the endpoints of ``hub.teacher`` /
+    ``hub.judge``; every stage then reads ``p.teacher`` and ``p.eval.judge`` alone, so
+    switching ``world`` is the only change a user makes.
+    """
+    if p.world != "hub":
+        return p
+    t = p.hub.teacher
+    teacher = p.teacher.model_copy(update={"base_url": t.base_url, "model": t.model, "api_key_env": t.api_key_env})
+    return p.model_copy(update={"teacher": teacher, "eval": p.eval.model_copy(update={"judge": p.hub.judge})})
+
+
+# ---------------------------------------------------------------------------------------
+def run_name(size: str, kind: str | None = None, amount: int | None = None, seed: int = 0) -> str:
+    """Name of a model / metrics file: ``L-base-s0`` (chain 0's base model) or ``L-broad-8000-s0``."""
+    if kind is None:
+        return f"{size}-base-s{seed}"
+    return f"{size}-{kind}-{amount}-s{seed}"
+
+
+def base_dir(size: str, seed: int) -> Path:
+    """Where chain ``seed``'s base model of ``size`` lives: ``models/base/L-s0``."""
+    return Path("models/base") / f"{size}-s{seed}"
+
+
+def chain_seed(world_seed: int, chain: int) -> int:
+    """The training seed of replicated chain ``chain`` (``grid.seeds``) in the world of ``seed``.
+
+    A chain is one pretraining run per size and every imitation model fine-tuned from it; chains
+    differ in initialisation and data order, so the CIs over chains cover both sources of
+    variance.  Chain c of world 0 trains with seed c."""
+    import hashlib
+
+    if world_seed == 0:
+        return chain
+    return int.from_bytes(hashlib.sha256(f"{world_seed}/{chain}".encode()).digest()[:4], "big") >> 1
+
+
+def check_cell(p: Params, size: str, kind: str | None = None, amount: int | None = None) -> None:
+    """Validate a CLI cell against the params (a stage called with a size not in `sizes`, ...)."""
+    if size not in p.sizes:
+        raise ConfigError(f"--size {size!r}: unknown size; allowed: {sorted(p.sizes)} (keys of `sizes` in params.yaml)")
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"--kind {kind!r}: must be one of {list(KINDS)}")
+    if amount is not None and amount <= 0:
+        raise ConfigError(f"--amount {amount!r}: must be an integer > 0")

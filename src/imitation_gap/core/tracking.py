@@ -1,0 +1,72 @@
+"""MLflow tracking: one run per stage execution, tagged with the git commit and ``DVC_EXP_NAME``.
+
+The store is chosen in this order: ``MLFLOW_TRACKING_URI``, then ``mlflow.tracking_uri`` in
+params, then SQLite at ``<repo root>/mlflow.db`` (shared by ``dvc exp run --temp/--queue`` copies).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Params
+from .io import repo_root
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tracking_uri(p: Params) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if p.mlflow.tracking_uri:
+        return p.mlflow.tracking_uri
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+@contextmanager
+def mlflow_run(p: Params, stage: str, params: dict) -> Iterator[Any]:
+    """One MLflow run per stage execution, tagged with the git commit and DVC_EXP_NAME."""
+    import mlflow
+
+    uri = tracking_uri(p)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the HF Trainer's MLflowCallback reads it
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        # artifacts beside the store, not in the (temporary) working directory
+        art = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+        if mlflow.get_experiment_by_name(p.mlflow.experiment) is None:
+            mlflow.create_experiment(p.mlflow.experiment, artifact_location=art.as_uri())
+    mlflow.set_experiment(p.mlflow.experiment)
+    tags = {"stage": stage.split("@")[0], "dvc_stage": stage, "git_commit": git_commit(),
+            "world": p.world, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
+        flat = {k: str(v)[:500] for k, v in _flatten(params).items()}
+        mlflow.log_params(flat)
+        yield run
+
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    import mlflow
+
+    flat = {k: float(v) for k, v in _flatten(metrics).items() if isinstance(v, (int, float)) and v == v}
+    mlflow.log_metrics(flat, step=step)

@@ -1,0 +1,106 @@
+"""Stage `report`: the paper's tables, figures and findings from every run of the grid.
+
+Reads ``metrics/runs/*.json`` for the cells of the current ``grid`` (stale files of
+cells no longer in the grid are ignored) and writes:
+
+* ``metrics/summary.json``: per cell, the mean over seeds of every metric with a 95%
+  confidence interval, the "gap closed" per task, and the findings' verdicts;
+* ``REPORT.md``: tables, figures and the F1-F5 findings with their written rules;
+* ``plots/*.png`` (matplotlib) and ``plots/*.csv`` (for ``dvc plots``).
+
+To MLflow it logs ``REPORT.md``, the figures under ``plots/`` and one model card per
+model under ``model_cards/`` (see :mod:`imitation_gap.analysis.cards`).  The statistics,
+finding rules, figures and text are :mod:`imitation_gap.analysis`; this stage reads the runs,
+applies them, and writes the outputs.
+
+Confidence intervals: with two or more seeds, a Student-t interval over the seed
+means; with one seed, a Wilson score interval over the items of that one run (for
+rates), which shows item-sampling noise only.  Every table says which.
+
+Run: ``python -m imitation_gap.stages.report`` (dvc: ``dvc repro report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ..analysis.cards import log_model_cards
+from ..analysis.findings import findings
+from ..analysis.plots import PLOTS, plot
+from ..analysis.render import examples, headline, label, render
+from ..analysis.stats import TASKS, aggregate, finite, gap_closed
+from ..core.cli import run_cli
+from ..core.config import Params, load_params, run_name
+from ..core.io import write_json, write_text_atomic
+from ..core.tracking import log_metrics, mlflow_run
+from ..worlds import get_world
+
+log = logging.getLogger("imitation_gap")
+
+RUNS = Path("metrics/runs")
+
+
+def load(p: Params) -> dict:
+    def read(run):
+        f = RUNS / f"{run}.json"
+        if not f.exists():
+            raise FileNotFoundError(f"{f} is missing: run `dvc repro` (the eval stage of {run})")
+        return json.loads(f.read_text())
+
+    data = {"teacher": read("teacher"), "base": {s: read(run_name(s)) for s in p.grid.sizes}, "cells": {}}
+    for s in p.grid.sizes:
+        for k in p.grid.kinds:
+            for a in p.grid.amounts:
+                data["cells"][(s, k, a)] = [read(run_name(s, k, a, seed)) for seed in p.grid.seeds]
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    p = load_params(args.params)
+    with mlflow_run(p, "report", {"grid": p.section("grid")}):
+        summary = build(p)
+        log_metrics({"headline": summary["headline"]})
+        import mlflow
+
+        mlflow.log_artifact("REPORT.md")
+        mlflow.log_artifacts(str(PLOTS), artifact_path="plots")
+        cards = log_model_cards(p)  # model_cards/<run>.json and .md: params, data manifest, metrics
+        log.info("report: logged %d model cards to MLflow", len(cards))
+    log.info("report: findings %s", summary["findings"])
+
+
+def build(p: Params) -> dict:
+    """Aggregate, plot and write the report; return the summary."""
+    data = load(p)
+    agg = {"teacher": aggregate([data["teacher"]]), "tasks": data["teacher"].get("capability_tasks", {}),
+           "base": {s: aggregate([m]) for s, m in data["base"].items()},
+           "cells": {c: aggregate(runs) for c, runs in data["cells"].items()}}
+    gaps = {}
+    for (s, k, a), v in agg["cells"].items():
+        gaps[label((s, k, a))] = {t: gap_closed(v.get(f"capability.{t}", {}).get("mean"),
+                                                agg["base"][s].get(f"capability.{t}", {}).get("mean"),
+                                                agg["teacher"].get(f"capability.{t}", {}).get("mean"))
+                                  for t in TASKS}
+    world = get_world(p)
+    finds = findings(p, agg, world.f5_metrics)
+    figs = plot(p, agg)
+    exs = examples(p, world)
+    summary = {"grid": {"sizes": p.grid.sizes, "kinds": p.grid.kinds, "amounts": p.grid.amounts,
+                        "seeds": p.grid.seeds},
+               "teacher": agg["teacher"], "base": agg["base"],
+               "cells": {label(c): v for c, v in agg["cells"].items()}, "gap_closed": gaps,
+               "findings": {f["id"]: f["verdict"] for f in finds},
+               "headline": headline(p, agg)}
+    write_json("metrics/summary.json", finite(summary))
+    write_text_atomic("REPORT.md", render(p, agg, gaps, finds, figs, exs))
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)
