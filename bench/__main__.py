@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
             size = "S" if args.quick else EVAL_MODEL["size"]
             steps = 4 if args.quick else EVAL_MODEL["steps"]
-            say(f"eval: pretrain the model to evaluate (stage base@{size}, {steps} steps)")
+            say(f"eval: pretrain the model to evaluate (stage base@{size}-0, {steps} steps)")
             import yaml
 
             raw = yaml.safe_load((world / "params.yaml").read_text())
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             sh([sys.executable, "-m", "imitation_gap.stages.base", "--size", size, "--params", "params_eval.yaml"], world)
             wall = time.perf_counter() - t
             pe = load_params(world / "params_eval.yaml")
-            res["eval"] = evalbench.run(world, pe, world / "models/base" / size, reps,
+            res["eval"] = evalbench.run(world, pe, world / "models/base" / f"{size}-s0", reps,
                                         batch_sizes=(8, 32) if args.quick else evalbench.BATCH_SIZES,
                                         batch_limit=4 if args.quick else 40)
             res["eval"]["base_stage"] = {"size": size, "steps": steps, "wall_s": wall}

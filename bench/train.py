@@ -152,7 +152,7 @@ def bench_pretrain(world: Path, p, sizes: list[str], reps: int, steps: dict) -> 
             set_seed(rep)
             model = LlamaForCausalLM(base.model_config(p.sizes[size], tok))
             with tempfile.TemporaryDirectory() as tmp:
-                trainer = base.make_trainer(p, model, tok, ds, Path(tmp) / "trainer")
+                trainer = base.make_trainer(p, model, tok, ds, Path(tmp) / "trainer", lr=p.sizes[size].lr)
                 clock = _Clock(WARMUP + k)
                 trainer.add_callback(clock)
                 rec = _Recorder(trainer.data_collator, tok.pad_token_id)
@@ -164,7 +164,7 @@ def bench_pretrain(world: Path, p, sizes: list[str], reps: int, steps: dict) -> 
             g = torch.Generator().manual_seed(rep)
             idx = torch.randperm(len(data), generator=g)[:(WARMUP + k) * pt.batch_size].view(WARMUP + k, -1)
             batches = [{"input_ids": data[i], "labels": data[i]} for i in idx]
-            t = _raw_loop(model, batches, pt.lr, pt.weight_decay)
+            t = _raw_loop(model, batches, p.sizes[size].lr, pt.weight_decay)
             shape = [(pt.batch_size * pt.seq_len, pt.batch_size * pt.seq_len, pt.seq_len)] * len(batches)
             res["raw"].append(_timed(t, shape))
         fl = flops_per_token(model, pt.seq_len)

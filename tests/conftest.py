@@ -91,9 +91,9 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
 
 @pytest.fixture(scope="session")
 def world_repo(tmp_path_factory) -> Path:
-    """A tiny repo where `fetch` and `base@S` have run (shared by the fast tests)."""
+    """A tiny repo where `fetch` and `base@S-0` have run (shared by the fast tests)."""
     repo = make_repo(tmp_path_factory.mktemp("world") / "repo")
-    run(["dvc", "repro", "-q", "base@S"], repo)
+    run(["dvc", "repro", "-q", "base@S-0"], repo)
     return repo
 
 

@@ -46,7 +46,7 @@ def params_with(tmp_path, **edits) -> str:
     ({"world": "hub", "hub.teacher.base_url": "embedded"}, ["hub.teacher.base_url", "OpenAI-compatible"]),
     ({"world": "hub", "hub.pref.format": "alpaca"}, ["hub.pref.format", "'alpaca'", "['koala']"]),
     ({"world": "hub", "hub.tasks": [{"name": "mmlu", "shots": 5, "role": "knowledge", "metric": ""}]},
-     ["hub.tasks[0].role", "'knowledge'", "['qa', 'mc', 'skill']"]),
+     ["hub.tasks[0].role", "'knowledge'", "['qa', 'mc', 'skill', 'store']"]),
     ({"sft.num_processes": 2, "sft.accelerate_config": "nope.yaml"}, ["sft.accelerate_config", "configs/accelerate"]),
 ])
 def test_bad_param_is_named(tmp_path, edit, expected):

@@ -11,20 +11,20 @@ from imitation_gap.core.io import read_jsonl
 
 def test_eval_stage_on_a_tiny_base_checkpoint(world_repo):
     r = run([sys.executable, "-m", "imitation_gap.stages.evaluate", "--size", "S"], world_repo)
-    m = json.loads((world_repo / "metrics" / "runs" / "S-base.json").read_text())
-    assert m["run"] == "S-base" and m["kind"] == "base"
+    m = json.loads((world_repo / "metrics" / "runs" / "S-base-s0.json").read_text())
+    assert m["run"] == "S-base-s0" and m["kind"] == "base"
     for task in ("qa", "mc", "skill"):
-        samples = read_jsonl(world_repo / "eval" / "S-base" / f"samples_{task}.jsonl")
+        samples = read_jsonl(world_repo / "eval" / "S-base-s0" / f"samples_{task}.jsonl")
         assert len(samples) == m["n"][task] > 0
         # lm-eval's own per-item scores agree with the aggregate it reported
         assert abs(sum(s["acc"] for s in samples) / len(samples) - m["capability"][task]) < 1e-9
-    answers = read_jsonl(world_repo / "eval" / "S-base" / "answers.jsonl")
+    answers = read_jsonl(world_repo / "eval" / "S-base-s0" / "answers.jsonl")
     assert len(answers) == m["n"]["pref"] and all(a["teacher"] for a in answers)
-    judgements = read_jsonl(world_repo / "eval" / "S-base" / "judgements.jsonl")
+    judgements = read_jsonl(world_repo / "eval" / "S-base-s0" / "judgements.jsonl")
     # every prompt judged by both raters in both orders
     assert len(judgements) == 4 * m["n"]["pref"]
     assert {j["order"] for j in judgements} == {"model-first", "teacher-first"}
     for rater in ("nonexpert", "expert"):
         p = m["preference"][rater]
         assert p["win"] + p["tie"] + p["loss"] + p["unjudged"] == m["n"]["pref"]
-    assert "eval S-base" in r.stderr
+    assert "eval S-base-s0" in r.stderr

@@ -133,7 +133,7 @@ def hub_repo(world_repo, tmp_path_factory):
 def test_hub_repro_runs_every_stage_on_the_standins(hub_repo):
     repo, out, _ = hub_repo
     runs = sorted(p.stem for p in (repo / "metrics/runs").glob("*.json"))
-    assert runs == ["S-base", "S-broad-300-s0", "S-local-300-s0", "teacher"]
+    assert runs == ["S-base-s0", "S-broad-300-s0", "S-local-300-s0", "teacher"]
     m = json.loads((repo / "metrics/runs/S-local-300-s0.json").read_text())
     assert m["world"] == "hub"
     assert m["capability_tasks"]["qa"] == "standin_nq" and m["capability_tasks"]["mc"] == "standin_mc"
@@ -167,7 +167,7 @@ def test_hub_fetch_and_base_read_the_formats_and_pin_the_model(hub_repo):
     assert len(seeds) == 10 and all(s["question"].endswith("?") and s["question"][0].isupper() for s in seeds)
     pref = [json.loads(x) for x in (raw / "eval/pref.jsonl").read_text().splitlines()]
     assert [p["id"] for p in pref] == [f"koala_{i}" for i in range(1, 9)]
-    base = repo / "models/base/S"
+    base = repo / "models/base/S-s0"
     info = json.loads((base / "source.json").read_text())
     assert info["id"] == f["model"] and (base / "model.safetensors").exists() and not list(base.glob("*.bin"))
     tok_cfg = json.loads((base / "tokenizer_config.json").read_text())

@@ -27,7 +27,7 @@ def repro(tmp_path_factory):
 def test_repro_writes_every_run_summary_and_report(repro):
     repo, _ = repro
     runs = sorted(p.stem for p in (repo / "metrics" / "runs").glob("*.json"))
-    assert runs == sorted(["teacher", "S-base", "M-base", "S-broad-300-s0", "S-local-300-s0",
+    assert runs == sorted(["teacher", "S-base-s0", "M-base-s0", "S-broad-300-s0", "S-local-300-s0",
                            "M-broad-300-s0", "M-local-300-s0"])
     m = json.loads((repo / "metrics" / "runs" / "M-broad-300-s0.json").read_text())
     for t in ("qa", "mc", "skill"):

@@ -136,7 +136,7 @@ def test_exp_run_pull_allow_missing_reuses_pushed_results(shared):
     repo3 = shared["clone"]("repo3")  # nothing pulled
     r = run(["dvc", "exp", "run", "--pull", "--allow-missing"], repo3, extra_env=S3_ENV)
     assert "Running stage" not in r.stdout, r.stdout
-    for stage in ("base@S", "sft@S-broad-300-0", "eval-sft@S-broad-300-0", "report"):
+    for stage in ("base@S-0", "sft@S-broad-300-0", "eval-sft@S-broad-300-0", "report"):
         assert f"Stage '{stage}' didn't change, skipping" in r.stdout, r.stdout
     assert not (repo3 / "mlflow.db").exists(), "a stage ran (it logged to MLflow)"
     shared["repo3"] = repo3
@@ -268,7 +268,7 @@ def test_stage_logs_to_a_shared_mlflow_server(shared, tmp_path):
         assert {"REPORT.md", "plots", "model_cards"} <= top
         assert "plots/capability_vs_amount.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
         cards = {a.path for a in client.list_artifacts(run_id, "model_cards")}
-        assert {f"model_cards/{RUN}.json", f"model_cards/{RUN}.md", "model_cards/S-base.json"} <= cards
+        assert {f"model_cards/{RUN}.json", f"model_cards/{RUN}.md", "model_cards/S-base-s0.json"} <= cards
         card = json.loads(Path(client.download_artifacts(run_id, f"model_cards/{RUN}.json", str(tmp_path)))
                           .read_text())
         assert card["params"]["sft"]["lr"] == lr and card["metrics"]["run"] == RUN

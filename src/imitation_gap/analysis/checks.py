@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from .verdict import FAILED, HELD, Condition, combine, difference, estimate, missing, ratio
+from .verdict import FAILED, HELD, Condition, combine, difference, estimate, exact, ratio
 
 PASS = {"held": "pass", "did not hold": "fail"}
 
@@ -108,15 +108,15 @@ def instrument_checks(data: dict, c, level: float) -> list[dict]:
     counts = (data.get("fetch") or {}).get("style_phrase_counts") or {}
     if counts:
         least = min(counts, key=counts.get)
-        conds.append(_fixed(f"every teacher phrase occurs in pretraining >= {c.style_min_phrase_count} times "
-                            f"(least: {least!r})", counts[least], ">=", c.style_min_phrase_count))
+        conds.append(Condition(f"every teacher phrase occurs in pretraining >= {c.style_min_phrase_count} times "
+                               f"(least: {least!r})", exact(counts[least]), ">=", c.style_min_phrase_count))
     vocab = (data.get("fetch") or {}).get("vocab_size")
     initial = [v for runs in cells.values() for v in values(runs, "train.initial_loss")]
     if vocab and initial:
         worst = max((v for v in initial if v is not None), default=math.nan)
-        conds.append(_fixed(f"first SFT loss of every imitation run < ln(vocabulary) = {math.log(vocab):.2f} "
-                            f"(worst: {worst:.2f})", worst if None not in initial else math.nan, "<",
-                            math.log(vocab)))
+        conds.append(Condition(f"first SFT loss of every imitation run < ln(vocabulary) = {math.log(vocab):.2f} "
+                               f"(worst: {worst:.2f})", exact(None if None in initial else worst, "a first SFT loss"),
+                               "<", math.log(vocab)))
     check("style_prior", "The style is known before SFT",
           "the teacher's phrases and the chat format occur in pretraining text, so imitation starts from a model "
           "that knows them (the paper's base was already 57% authoritative)", conds,
@@ -160,16 +160,6 @@ def instrument_checks(data: dict, c, level: float) -> list[dict]:
           "the base solves enough of the skill task (no facts needed) for a drop to be measurable", conds,
           "needs two sizes or more")
     return out
-
-
-def _fixed(text: str, value: float, op: str, threshold: float) -> Condition:
-    """A condition on a number that has no sampling noise (a count in the corpus, a worst case)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return Condition(text, missing("not measured"), op, threshold)
-    from .verdict import Estimate
-
-    v = float(value)
-    return Condition(text, Estimate((v, v), v, v, v), op, threshold)
 
 
 __all__ = ["instrument_checks", "copy_precision", "HELD", "FAILED"]

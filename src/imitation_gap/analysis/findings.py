@@ -38,8 +38,9 @@ def capability(run: dict | None) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def findings(data: dict, f, level: float, world: str = "embedded") -> list[dict]:
-    """F1-F5 as ``{id, claim, rule, verdict, why, conditions, paper}``; ``f``: params ``report.findings``."""
+def findings(data: dict, f, level: float, f5_metrics: tuple[str, str]) -> list[dict]:
+    """F1-F5 as ``{id, claim, rule, verdict, why, conditions, paper}``; ``f``: params ``report.findings``;
+    ``f5_metrics``: the world's metric of the teacher's style and of facts (``World.f5_metrics``)."""
     sizes, amounts = data["sizes"], sorted(data["amounts"])
     base, cells, teacher = data["base"], data["cells"], data.get("teacher") or {}
     kinds = {k for (_, k, _) in cells}
@@ -109,10 +110,7 @@ def findings(data: dict, f, level: float, world: str = "embedded") -> list[dict]
 
     if broad:
         runs = cell(big, "broad", top)
-        # embedded: the teacher's own style markers and the world's facts; hub: list use (the paper's
-        # 13% -> 81%) and QA accuracy, since no one knows the facts of open prompts
-        st_key, fa_key = (("style.teacher_style_rate", "style.fact_accuracy") if world == "embedded" else
-                          ("style.list_rate", "capability.qa"))
+        st_key, fa_key = f5_metrics
         t_style, t_fact = _teacher(teacher, st_key), _teacher(teacher, fa_key)
         conds = []
         why = ""

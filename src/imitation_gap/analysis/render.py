@@ -26,7 +26,7 @@ def headline(p: Params, agg: dict) -> dict:
     """A few numbers per model for `dvc exp show`: QA, MC, skill, non-expert and expert win+tie."""
     keys = {"qa": "capability.qa", "mc": "capability.mc", "skill": "capability.skill",
             "pref_nonexpert": "preference.nonexpert", "pref_expert": "preference.expert"}
-    models = {"teacher": agg["teacher"]} | {run_name(s): agg["base"][s] for s in p.grid.sizes} | \
+    models = {"teacher": agg["teacher"]} | {f"{s}-base": agg["base"][s] for s in p.grid.sizes} | \
         {f"{s}-{k}-{a}": v for (s, k, a), v in agg["cells"].items()}
     return {m: {short: round(v[k]["mean"], 4) for short, k in keys.items() if k in v} for m, v in models.items()}
 
@@ -48,7 +48,7 @@ def examples(p: Params, world: World, n: int = 4) -> list[dict]:
     Embedded: factual prompts, marked right or wrong by the world's facts; hub: the first
     preference prompts, unmarked (no one holds the facts of open prompts)."""
     big, top = p.grid.sizes[-1], max(p.grid.amounts)
-    systems = {"teacher": "teacher", f"{big} base": run_name(big)}
+    systems = {"teacher": "teacher", f"{big} base": run_name(big, seed=p.grid.seeds[0])}
     for k in p.grid.kinds:
         systems[f"{big}+{k}@{top}"] = run_name(big, k, top, p.grid.seeds[0])
     answers = {name: {r["id"]: r for r in read_jsonl(Path("eval") / run / "answers.jsonl")}
@@ -66,38 +66,130 @@ def examples(p: Params, world: World, n: int = 4) -> list[dict]:
     return out
 
 
-def render(p: Params, agg: dict, gaps: dict, finds: list[dict], figs: list[str], exs: list[dict]) -> str:
+def _est(e: dict | None, digits: int = 2) -> str:
+    if not e or e.get("mean") is None:
+        return "n/a"
+    if e.get("lo") is None:
+        return f"{e['mean']:.{digits}f}"
+    return f"{e['mean']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]"
+
+
+MARK = {"held": "held", "did not hold": "DID NOT HOLD", "inconclusive": "inconclusive", "not measured": "not measured"}
+
+
+def _conditions(conds: list[dict]) -> list[str]:
+    return [f"  - {c['condition']}: {_est(c['estimate'], 3)} -> **{MARK.get(c['status'], c['status'])}**"
+            + (f" ({c['why']})" if c.get("why") else "") for c in conds]
+
+
+def paper_beside(p: Params, agg: dict) -> list[str]:
+    """The paper's headline numbers next to ours (largest size, largest amount)."""
     T, B, C = agg["teacher"], agg["base"], agg["cells"]
-    ci_note = ("95% CI: Student-t over seeds" if len(p.grid.seeds) > 1 else
-               "one seed: 95% Wilson interval over the items of that run (item noise only; add seeds with "
-               "`dvc exp run -S 'grid.seeds=[0,1,2]'` for a CI over training runs)")
+    big, top = p.grid.sizes[-1], max(p.grid.amounts)
+    broad, local = C.get((big, "broad", top), {}), C.get((big, "local", top), {})
+
+    def pct(d, k):
+        v = d.get(k)
+        return "n/a" if not v else f"{100 * v['mean']:.0f}"
+
+    return ["| what | the paper | ours |", "|---|---|---|",
+            f"| QA (NQ): base / +broad / +local; teacher | 17 / 10 / 22; ChatGPT 31 (LLaMA-7B, Table 1) | "
+            f"{pct(B[big], 'capability.qa')} / {pct(broad, 'capability.qa')} / {pct(local, 'capability.qa')}; "
+            f"teacher {pct(T, 'capability.qa')} ({big}, {top} tokens) |",
+            f"| rated as good as or better than the teacher (crowd workers) | ~70% | "
+            f"{pct(broad, 'preference.nonexpert')}% non-expert, {pct(broad, 'preference.expert')}% expert "
+            f"({big}+broad@{top}) |",
+            f"| authoritative tone: base -> imitation | 57% -> 99% | {pct(B[big], 'style.authoritative_rate')}% -> "
+            f"{pct(broad, 'style.authoritative_rate')}% |",
+            f"| list use: base -> imitation (teacher) | 13% -> 81% (83%) | {pct(B[big], 'style.list_rate')}% -> "
+            f"{pct(broad, 'style.list_rate')}% ({pct(T, 'style.list_rate')}%) |"]
+
+
+def rewards_table(paid: dict) -> list[str]:
+    L = ["| rater | judged pairs | style buys (points of win-or-tie) | facts buy (points) | style: odds ratio | "
+         "facts: odds ratio |", "|---|---|---|---|---|---|"]
+    for rater, fit in paid.items():
+        if "not_estimable" in fit:
+            L.append(f"| {rater} | {fit['pairs']} | not estimable: {fit['not_estimable']} | | | |")
+            continue
+        lin, lg = fit["linear"], fit.get("logistic", {})
+
+        def pts(x):
+            return f"{100 * x['effect']:+.0f} [{100 * x['lo']:+.0f}, {100 * x['hi']:+.0f}]"
+
+        def odds(name):
+            if "not_estimable" in lg:
+                return "not estimable (separation)"
+            x = lg[name]
+            return f"{x['odds_ratio']:.2g} [{x['lo']:.2g}, {x['hi']:.2g}]"
+
+        L.append(f"| {rater} | {fit['pairs']} | {pts(lin['styled'])} | {pts(lin['right'])} | {odds('styled')} | "
+                 f"{odds('right')} |")
+    return L
+
+
+def render(p: Params, agg: dict, gaps: dict, checks: list[dict], finds: list[dict], paid: dict, figs: list[str],
+           exs: list[dict]) -> str:
+    T, B, C = agg["teacher"], agg["base"], agg["cells"]
+    level = f"{100 * p.report.level:g}%"
+    ci_note = (f"{level} CI: Student-t over the {len(p.grid.seeds)} replicated chains (each chain pretrains every size "
+               "and fine-tunes every imitation model from it)" if len(p.grid.seeds) > 1 else
+               f"one chain: {level} Wilson interval over the items of that run (item noise only; add chains with "
+               "`dvc exp run -S 'grid.seeds=[0,1,2]'` for a CI over training runs, which checks and findings need)")
     L = ["# imitation-gap: report", "",
          "Generated by `dvc repro` (stage `report`) from the runs in `metrics/runs/`. "
-         f"Grid: sizes {p.grid.sizes}, kinds {p.grid.kinds}, amounts {p.grid.amounts} tokens, seeds {p.grid.seeds}.",
-         f"Numbers are `mean [95% CI]`; {ci_note}.", "", "## Findings", "",
-         "| | claim | rule | verdict |", "|---|---|---|---|"]
+         f"Grid: sizes {p.grid.sizes}, kinds {p.grid.kinds}, amounts {p.grid.amounts} tokens, chains {p.grid.seeds}.",
+         f"Numbers are `mean [{level} CI]`; {ci_note}.", "",
+         "## Instrument checks", "",
+         "Before any finding: does this miniature have the mechanisms that the paper's argument assumes real LMs "
+         "have? Each check passes when every one of its conditions holds at the CI bound against it. The thresholds "
+         "(`report.checks` in params.yaml) were fixed before any finding was looked at.", "",
+         "| check | mechanism | status |", "|---|---|---|"]
+    for c in checks:
+        L.append(f"| {c['title']} | {c['mechanism']} | **{c['status']}** |")
+    L += ["", "<details><summary>Each condition, with its estimate</summary>", ""]
+    for c in checks:
+        L.append(f"- **{c['title']}** ({c['status']}{': ' + c['why'] if c.get('why') else ''})")
+        L += _conditions(c["conditions"])
+    L += ["", "</details>", "", "## Findings", "",
+          "Each finding is a rule on the grid with thresholds fixed in advance (`report.findings` in params.yaml). "
+          f"A condition **held** when it holds at the {level} CI bound against it, **did not hold** when it fails "
+          "even at the bound in its favour, and is **inconclusive** in between; a finding holds when every condition "
+          "held, and did not hold when any did not hold. Comparisons are estimated on per-chain differences.", "",
+          "| | claim | rule | verdict |", "|---|---|---|---|"]
     for f in finds:
         L.append(f"| {f['id']} | {f['claim']} | {f['rule']} | **{f['verdict']}** |")
-    L += ["", "<details><summary>Numbers behind each verdict</summary>", "", "```json",
-          json.dumps({f["id"]: f["numbers"] for f in finds}, indent=1, default=str), "```", "</details>", ""]
+    L += [""]
+    for f in finds:
+        L.append(f"- **{f['id']}: {f['verdict']}**{' (' + f['why'] + ')' if f.get('why') else ''}. "
+                 f"The paper: {f['paper']}.")
+        L += _conditions(f["conditions"])
+    L += ["", "### The paper beside us", ""] + paper_beside(p, agg)
+    L += ["", "## What raters reward", "",
+          "Every judged pair of every model in the grid about a held-out person's facts, pooled: is the model's answer "
+          "rated as good as or better than the teacher's (win or tie), by whether it is teacher-styled (the teacher's "
+          "phrases) and whether it is factually right (the world's facts)? A linear probability model (OLS, HC3 errors) "
+          f"gives each feature's effect in points of win-or-tie, a logistic regression the same as odds ratios; "
+          f"{level} CIs.", ""] + rewards_table(paid) + [""]
     L += ["## Capability and preference, every model", "",
           "Tasks: " + "; ".join(task_title(agg, t) for t in TASKS) + ".", "",
           "Capability is lm-eval accuracy on held-out (group B) people; preference is the win+tie rate against the "
           "teacher on held-out prompts, judged blind in both orders. Gap closed = (model - base) / (teacher - base).",
           "",
-          "| model | QA | MC | skill | non-expert win+tie | expert win+tie | gap closed QA | gap closed MC | "
-          "gap closed skill |", "|---|---|---|---|---|---|---|---|---|"]
+          "| model | QA | MC | skill | knowledge probe | non-expert win+tie | expert win+tie | gap closed QA | "
+          "gap closed MC | gap closed skill |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def gfmt(x):
         return "n/a" if x is None else f"{x:+.2f}"
 
-    L.append("| teacher | " + " | ".join(fmt(T.get(f"capability.{t}")) for t in TASKS) + " | - | - | - | - | - |")
+    L.append("| teacher | " + " | ".join(fmt(T.get(f"capability.{t}")) for t in (*TASKS, "store")) +
+             " | - | - | - | - | - |")
     for s in p.grid.sizes:
-        L.append(f"| {s} base | " + " | ".join(fmt(B[s].get(f"capability.{t}")) for t in TASKS) + " | " +
+        L.append(f"| {s} base | " + " | ".join(fmt(B[s].get(f"capability.{t}")) for t in (*TASKS, "store")) + " | " +
                  fmt(B[s].get("preference.nonexpert")) + " | " + fmt(B[s].get("preference.expert")) +
                  " | 0 | 0 | 0 |")
     for c, v in C.items():
-        L.append(f"| {label(c)} | " + " | ".join(fmt(v.get(f"capability.{t}")) for t in TASKS) + " | " +
+        L.append(f"| {label(c)} | " + " | ".join(fmt(v.get(f"capability.{t}")) for t in (*TASKS, "store")) + " | " +
                  fmt(v.get("preference.nonexpert")) + " | " + fmt(v.get("preference.expert")) + " | " +
                  " | ".join(gfmt(gaps[label(c)][t]) for t in TASKS) + " |")
     L += ["", "## QA accuracy: base, +broad, +local (Table 1 analogue)", "",
@@ -109,7 +201,8 @@ def render(p: Params, agg: dict, gaps: dict, finds: list[dict], figs: list[str],
                  f"{fmt(T.get('capability.qa'))} |")
     L += ["", f"(imitation at {top} tokens)", "", "## Style (Table 2 analogue)", "",
           "| model | teacher-style | lists | authoritative | confident & wrong | fact accuracy | words | "
-          "length corr. with teacher |", "|---|---|---|---|---|---|---|---|"]
+          "length corr. with teacher | names the person asked | names someone else |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("teacher", T)] + [(f"{s} base", B[s]) for s in p.grid.sizes] + [(label(c), v) for c, v in C.items()]
     for name, v in rows:
         L.append(f"| {name} | " + " | ".join(fmt(v.get(f"style.{k}")) for k in STYLE) + " |")

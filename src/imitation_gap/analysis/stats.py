@@ -12,7 +12,7 @@ import statistics
 
 TASKS = ("qa", "mc", "skill")
 STYLE = ("teacher_style_rate", "list_rate", "authoritative_rate", "confident_wrong_rate", "fact_accuracy",
-         "mean_words", "length_corr_teacher")
+         "mean_words", "length_corr_teacher", "names_subject_rate", "names_other_rate")
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -79,7 +79,7 @@ def get(d: dict, path: str):
 
 def metric_paths() -> list[tuple[str, str, bool]]:
     """(name, path in a metrics file, is a rate) of every metric the report aggregates."""
-    out = [(f"capability.{t}", f"capability.{t}", True) for t in TASKS]
+    out = [(f"capability.{t}", f"capability.{t}", True) for t in (*TASKS, "store")]
     out += [(f"preference.{r}", f"preference.{r}.win_tie_rate", True) for r in ("nonexpert", "expert")]
     out += [(f"style.{s}", f"style.{s}", s not in ("mean_words", "length_corr_teacher")) for s in STYLE]
     return out

@@ -35,6 +35,7 @@ class Estimate:
     hi: float
     level: float = 0.95
     why_missing: str = ""  # non-empty when the quantity could not be estimated
+    exact: bool = False  # a number without sampling noise (a count in the corpus, a worst case): no CI needed
 
     @property
     def n(self) -> int:
@@ -51,6 +52,14 @@ def _num(x: float) -> float | None:
 
 def missing(why: str, level: float = 0.95) -> Estimate:
     return Estimate((), math.nan, math.nan, math.nan, level, why)
+
+
+def exact(value: float | None, what: str = "") -> Estimate:
+    """A number without sampling noise: its own bounds."""
+    if value is None or not math.isfinite(value):
+        return missing(f"{what or 'a value'} is missing or not finite")
+    v = float(value)
+    return Estimate((v,), v, v, v, exact=True)
 
 
 def estimate(values: list[float | None], level: float = 0.95, what: str = "") -> Estimate:
@@ -109,7 +118,7 @@ class Condition:
         if e.why_missing:
             self.status, self.why = NOT_MEASURED, e.why_missing
             return
-        if e.n < 2:
+        if e.n < 2 and not e.exact:
             self.status, self.why = NOT_MEASURED, f"{e.n} chain: a CI needs at least 2 (grid.seeds)"
             return
         ok = {">=": lambda x: x >= self.threshold, ">": lambda x: x > self.threshold,

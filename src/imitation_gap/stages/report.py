@@ -3,9 +3,11 @@
 Reads ``metrics/runs/*.json`` for the cells of the current ``grid`` (stale files of
 cells no longer in the grid are ignored) and writes:
 
-* ``metrics/summary.json``: per cell, the mean over seeds of every metric with a 95%
-  confidence interval, the "gap closed" per task, and the findings' verdicts;
-* ``REPORT.md``: tables, figures and the F1-F5 findings with their written rules;
+* ``metrics/summary.json``: per cell, the mean over chains of every metric with a 95%
+  confidence interval, the "gap closed" per task, the instrument checks (``instruments``),
+  the findings' CI-aware verdicts, and what the raters reward (``rater_rewards``);
+* ``REPORT.md``: the instrument checks first, then the F1-F5 findings with their written
+  rules, our numbers and the paper's beside them, what raters reward, tables, figures;
 * ``plots/*.png`` (matplotlib) and ``plots/*.csv`` (for ``dvc plots``).
 
 To MLflow it logs ``REPORT.md``, the figures under ``plots/`` and one model card per
@@ -13,9 +15,11 @@ model under ``model_cards/`` (see :mod:`imitation_gap.analysis.cards`).  The sta
 finding rules, figures and text are :mod:`imitation_gap.analysis`; this stage reads the runs,
 applies them, and writes the outputs.
 
-Confidence intervals: with two or more seeds, a Student-t interval over the seed
-means; with one seed, a Wilson score interval over the items of that one run (for
-rates), which shows item-sampling noise only.  Every table says which.
+Confidence intervals: with two or more chains (``grid.seeds``), a Student-t interval over the
+chains; with one, a Wilson score interval over the items of that one run (for rates), which
+shows item-sampling noise only (every table says which), and the checks and findings are
+"not measured": a verdict needs the variance of whole chains.  Rules and thresholds:
+``report`` in params.yaml; the logic: :mod:`imitation_gap.analysis.verdict`.
 
 Run: ``python -m imitation_gap.stages.report`` (dvc: ``dvc repro report``).
 """
@@ -28,7 +32,9 @@ import logging
 from pathlib import Path
 
 from ..analysis.cards import log_model_cards
+from ..analysis.checks import instrument_checks
 from ..analysis.findings import findings
+from ..analysis.rewards import rewards
 from ..analysis.plots import PLOTS, plot
 from ..analysis.render import examples, headline, label, render
 from ..analysis.stats import TASKS, aggregate, finite, gap_closed
@@ -41,6 +47,11 @@ from ..worlds import get_world
 log = logging.getLogger("imitation_gap")
 
 RUNS = Path("metrics/runs")
+RAW = Path("data/raw")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def load(p: Params) -> dict:
@@ -50,7 +61,8 @@ def load(p: Params) -> dict:
             raise FileNotFoundError(f"{f} is missing: run `dvc repro` (the eval stage of {run})")
         return json.loads(f.read_text())
 
-    data = {"teacher": read("teacher"), "base": {s: read(run_name(s)) for s in p.grid.sizes}, "cells": {}}
+    data = {"teacher": read("teacher"), "cells": {},
+            "base": {s: [read(run_name(s, seed=c)) for c in p.grid.seeds] for s in p.grid.sizes}}
     for s in p.grid.sizes:
         for k in p.grid.kinds:
             for a in p.grid.amounts:
@@ -79,7 +91,7 @@ def build(p: Params) -> dict:
     """Aggregate, plot and write the report; return the summary."""
     data = load(p)
     agg = {"teacher": aggregate([data["teacher"]]), "tasks": data["teacher"].get("capability_tasks", {}),
-           "base": {s: aggregate([m]) for s, m in data["base"].items()},
+           "base": {s: aggregate(runs) for s, runs in data["base"].items()},
            "cells": {c: aggregate(runs) for c, runs in data["cells"].items()}}
     gaps = {}
     for (s, k, a), v in agg["cells"].items():
@@ -88,17 +100,26 @@ def build(p: Params) -> dict:
                                                 agg["teacher"].get(f"capability.{t}", {}).get("mean"))
                                   for t in TASKS}
     world = get_world(p)
-    finds = findings(p, agg, world.f5_metrics)
+    chains = {"sizes": p.grid.sizes, "amounts": p.grid.amounts, "teacher": data["teacher"], "base": data["base"],
+              "cells": data["cells"], "fetch": _read_json(RAW / "stats.json")}
+    r = p.report
+    checks = instrument_checks(chains, r.checks, r.level)
+    finds = findings(chains, r.findings, r.level, world.f5_metrics)
+    every_run = [m for runs in data["base"].values() for m in runs] + \
+        [m for runs in data["cells"].values() for m in runs]
+    paid = rewards(every_run, r.level)
     figs = plot(p, agg)
     exs = examples(p, world)
     summary = {"grid": {"sizes": p.grid.sizes, "kinds": p.grid.kinds, "amounts": p.grid.amounts,
                         "seeds": p.grid.seeds},
                "teacher": agg["teacher"], "base": agg["base"],
                "cells": {label(c): v for c, v in agg["cells"].items()}, "gap_closed": gaps,
+               "instruments": {c["id"]: c["status"] for c in checks},
                "findings": {f["id"]: f["verdict"] for f in finds},
+               "checks_detail": checks, "findings_detail": finds, "rater_rewards": paid,
                "headline": headline(p, agg)}
     write_json("metrics/summary.json", finite(summary))
-    write_text_atomic("REPORT.md", render(p, agg, gaps, finds, figs, exs))
+    write_text_atomic("REPORT.md", render(p, agg, gaps, checks, finds, paid, figs, exs))
     return summary
 
 
