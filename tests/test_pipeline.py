@@ -138,7 +138,12 @@ def test_queue_then_metrics_and_plots_diff(repro, warm_server):
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
-    assert "Success" in status, status + run(["dvc", "queue", "logs", "two-seeds"], repo, check=False).stdout
+    logs = run(["dvc", "queue", "logs", "two-seeds"], repo, check=False).stdout
+    assert "Success" in status, status + logs
+    # a new seed is a new replicated chain: its base models, imitation models and evals, and the report; nothing else
+    ran = {line.split("'")[1] for line in logs.splitlines() if line.startswith("Running stage")}
+    assert ran == {"base@S-1", "eval-base@S-1", "sft@S-broad-300-1", "sft@S-local-300-1", "eval-sft@S-broad-300-1",
+                   "eval-sft@S-local-300-1", "report"}, logs
     # the queued copy's stage commands (2 sft, 2 eval-sft, report) ran in children of the warm server
     warm_proc.terminate()
     warm_proc.wait(timeout=60)

@@ -73,6 +73,8 @@ class Fetch(_Section):
     chat_style_rate: Rate
     chat_list_rate: Rate
     skill_docs: int
+    skill_min_words: PosInt = Field(description="words in the shortest list of a reversal example")
+    skill_max_words: PosInt = Field(description="words in the longest list of a reversal example")
     skill_holdout: float = Field(gt=0, lt=1)
     n_eval_qa: PosInt
     n_eval_mc: PosInt
@@ -368,6 +370,8 @@ def _validate(p: Params) -> None:
         _check(sz.hidden_size % sz.num_heads == 0, f"sizes.{name}.num_heads", sz.num_heads,
                f"must divide hidden_size ({sz.hidden_size})")
     fe = p.fetch
+    _check(fe.skill_max_words >= fe.skill_min_words, "fetch.skill_max_words", fe.skill_max_words,
+           f"must be >= fetch.skill_min_words ({fe.skill_min_words})")
     _check(fe.bios_max >= fe.bios_min, "fetch.bios_max", fe.bios_max, f"must be >= fetch.bios_min ({fe.bios_min})")
     _check(0 <= fe.sentence_rate <= 1 - fe.hedge_rate, "fetch.sentence_rate", fe.sentence_rate,
            f"must be in [0, 1 - fetch.hedge_rate] = [0, {1 - fe.hedge_rate:g}]")

@@ -133,7 +133,10 @@ def corpus_docs(world: World, p: Params, rng: random.Random) -> list[str]:
                 docs.append(qa_text(question(person, a), qa_answer(world, person, a, rng, f)))
     train_triples = [t for t in all_triples(world.skill_words) if not world.triple_is_heldout(t, f.skill_holdout)]
     for _ in range(f.skill_docs):
-        t = rng.choice(train_triples)
+        n = rng.randint(f.skill_min_words, f.skill_max_words)
+        # lists of other lengths than three teach the same skill; three-word lists come from the training triples
+        # only (the held-out triples are the eval's)
+        t = rng.choice(train_triples) if n == 3 else rng.sample(world.skill_words, n)
         docs.append(qa_text(reverse_question(t), " ".join(reversed(t)) + "."))
     if f.chat_share > 0:
         train_topics, _ = world.topics_split()
