@@ -26,7 +26,7 @@ def task_plan(p: Params, tm, is_teacher: bool) -> tuple[list[HubTask], dict[str,
         entry = tm.task_index.get(t.name)
         if entry is None:
             close = difflib.get_close_matches(t.name, tm.all_tasks, n=3)
-            raise DataError(f"params.yaml: hub.tasks: {t.name!r} is not an lm-eval task"
+            raise DataError(f"{p.source}: hub.tasks: {t.name!r} is not an lm-eval task"
                             + (f"; did you mean {close}?" if close else "")
                             + " (list them with `lm-eval ls tasks`; add your own with hub.task_include_path)")
         cfg = getattr(entry, "cfg", None) or {}
