@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
+from . import redact
 from .errors import ConfigError
 
 Kind = Literal["broad", "local"]
@@ -451,6 +452,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: {e}") from None
     params._raw = data
     params._source = str(path)
+    h = params.hub  # the keys these variables hold are masked in everything a stage writes (core.redact)
+    redact.register_env(params.teacher.api_key_env, params.eval.judge.api_key_env, h.teacher.api_key_env,
+                        h.judge.api_key_env)
     return resolve_world(params)
 
 

@@ -67,14 +67,13 @@ def teacher_capability_lm(p: Params, base_url: str):
     """The teacher through its API: chat-completions (generative tasks) or completions."""
     from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
 
-    key = os.environ.get(p.teacher.api_key_env, "")
-    if key:  # lm-eval reads OPENAI_API_KEY; set it in this process only
-        os.environ["OPENAI_API_KEY"] = key
+    # the key of teacher.api_key_env, given explicitly: lm-eval would otherwise send OPENAI_API_KEY, whatever it holds
+    header = {"Authorization": f"Bearer {os.environ.get(p.teacher.api_key_env, '') or 'EMPTY'}"}
     if p.hub.teacher_api == "chat":
         return LocalChatCompletion(base_url=f"{base_url}/chat/completions", model=p.teacher.model,
                                    num_concurrent=p.teacher.concurrency, max_retries=p.teacher.max_retries,
-                                   tokenized_requests=False, tokenizer_backend=None)
+                                   tokenized_requests=False, tokenizer_backend=None, header=header)
     return LocalCompletionsAPI(base_url=f"{base_url}/completions", model=p.teacher.model,
                                num_concurrent=p.teacher.concurrency, max_retries=p.teacher.max_retries,
                                tokenizer=str(RAW / "tokenizer"), tokenizer_backend="huggingface",
-                               max_length=p.hub.max_length)
+                               max_length=p.hub.max_length, header=header)
