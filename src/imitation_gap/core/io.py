@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import DataError
 
@@ -72,13 +72,64 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """``data`` as UTF-8 text (a UTF-8 byte-order mark is dropped); otherwise a :class:`DataError` that names
+    the file, the line and column, and the likely encoding."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        raise DataError(f"{path}:{line}: NUL bytes: UTF-16 text or a binary file, not UTF-8 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}:{col}: not UTF-8 (byte 0x{data[e.start]:02x}: latin-1 or another "
+                        "encoding?); save the file as UTF-8") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A text file that must be UTF-8 (see :func:`decode_utf8`)."""
+    return decode_utf8(Path(path).read_bytes(), path)
+
+
+def read_jsonl(path: str | Path, fields: dict[str, type | tuple] | None = None, min_rows: int = 0,
+               what: str = "", check: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """The records of a JSONL file (UTF-8, one JSON value per line; blank lines skipped).
+
+    With ``fields`` (name -> type), each record must be an object holding those fields with values of
+    those types; ``min_rows``: at least that many records; ``check(record)``: a further rule (a reason, or
+    None).  Every failure is a :class:`DataError` naming the file, the line and what was expected
+    (``what``: what the file is for)."""
     rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg}); fix or regenerate the file") from None
+    for i, line in enumerate(read_text(path).split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"{path}:{i}: not valid JSON ({getattr(e, 'msg', 'nested too deep')}); fix or "
+                            "regenerate the file") from None
+        if fields is not None:
+            want = ", ".join(f"{k!r}" for k in fields)
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{i}: a record must be a JSON object with {want}; got {type(row).__name__}")
+            missing = [k for k in fields if k not in row]
+            if missing:
+                raise DataError(f"{path}:{i}: the record has no {missing[0]!r} (it has {sorted(row)[:8]}); each "
+                                f"record needs {want}")
+            for k, tp in fields.items():
+                if not isinstance(row[k], tp) or isinstance(row[k], bool) and tp is not bool:
+                    names = " or ".join(t.__name__ for t in (tp if isinstance(tp, tuple) else (tp,)))
+                    raise DataError(f"{path}:{i}: {k!r} must be {names.replace('dict', 'an object')}, got "
+                                    f"{json.dumps(row[k])[:60]}")
+        why = check(row) if check else None
+        if why:
+            raise DataError(f"{path}:{i}: {why}")
+        rows.append(row)
+    if len(rows) < min_rows:
+        raise DataError(f"{path}: {len(rows)} record(s); it needs at least {min_rows}" + (f" ({what})" if what else ""))
     return rows
