@@ -524,3 +524,46 @@ def test_a_truncated_world_json_is_one_line_exit_2(world_repo, tmp_path):
     world.write_bytes(world.read_bytes()[: world.stat().st_size // 2])
     r = stage(repo, tmp_path, ["imitation_gap.stages.imitate_dataset"], {})
     one_line_exit_2(r, "data/raw/world.json", "truncated", "dvc checkout data/raw")
+
+
+# -- 2. diverged training --------------------------------------------------------------------------
+def test_divergence_is_found_in_the_logs_or_the_weights():
+    import torch
+
+    from imitation_gap.core.divergence import divergence
+
+    model = torch.nn.Linear(3, 2)
+    assert divergence(model, [{"loss": 2.0, "grad_norm": 1.5, "step": 1}]) is None
+    assert divergence(model, [{"loss": 6.0, "grad_norm": float("nan"), "step": 2}]) == "grad_norm nan at step 2"
+    with torch.no_grad():
+        model.bias[0] = float("nan")
+    assert divergence(model, [{"loss": 6.0, "step": 2}]) == "1 of 2 weight tensors hold NaN or inf (e.g. bias)"
+
+
+def test_sft_at_an_absurd_lr_fails_naming_the_run_and_the_cause_and_writes_no_model(world_repo, tmp_path):
+    from imitation_gap.worlds.embedded.world import load_world
+
+    repo = repo_copy(world_repo, tmp_path)
+    world = load_world(repo / "data" / "raw" / "world.json")
+    teacher = TeacherModel(world)
+    d = repo / "data" / "imitation" / "broad"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = [{"messages": msgs + [{"role": "assistant", "content": teacher.chat(msgs)}]} for _, msgs in chats(world, 24)]
+    (d / "300.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = stage(repo, tmp_path, ["imitation_gap.stages.sft", "--size", "S", "--kind", "broad", "--amount", "300"],
+              {"sft": {"lr": 1e9}})  # was: exit 0, every weight NaN, train_loss logged as 6.0
+    one_line_exit_2(r, "sft@S-broad-300-s0: training diverged", "sft.lr = 1e+09", "no model was written")
+    out = repo / "models" / "sft"
+    assert not (out / "S-broad-300-s0").exists() and not (out.exists() and list(out.glob(".*partial")))
+
+
+def test_the_report_never_averages_a_non_finite_value():
+    from imitation_gap.analysis import stats
+
+    runs = [{"run": "L-broad-800-s0", "capability": {"qa": 0.5, "mc": 0.25}, "n": {"qa": 10}},
+            {"run": "L-broad-800-s1", "capability": {"qa": float("nan"), "mc": 0.5}, "n": {"qa": 10}}]
+    agg = stats.aggregate(runs)
+    assert "capability.qa" not in agg  # shown as n/a, not a mean of nan (nor of the finite half)
+    assert agg["capability.mc"]["mean"] == 0.375
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.t_interval([0.5, float("inf")])

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..core.cli import run_cli
 from ..core.config import Params, check_cell, load_params, run_name
+from ..core.divergence import check_finite
 from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_dir, read_jsonl, write_json
 from ..core.tracking import log_metrics, mlflow_run
@@ -163,6 +164,7 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
         t0 = time.time()
         result = trainer.train()
         seconds = time.time() - t0
+        check_finite(trainer.model, trainer.state.log_history, f"sft@{stage}", "sft.lr", s.lr)  # before any save
         if s.lora.enabled:
             model = trainer.model.merge_and_unload()
             if rank == 0:
