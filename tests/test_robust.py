@@ -567,3 +567,111 @@ def test_the_report_never_averages_a_non_finite_value():
     assert agg["capability.mc"]["mean"] == 0.375
     with pytest.raises(ValueError, match="non-finite"):
         stats.t_interval([0.5, float("inf")])
+
+
+# -- 9. leftovers of killed runs, and two runners in one workspace ----------------------------------
+DEAD = 2 ** 22 + 11  # above the kernel's pid_max: no such process
+
+
+def test_partial_outputs_of_a_killed_stage_are_swept_by_the_next_write(tmp_path):
+    from imitation_gap.core.io import atomic_dir, write_json
+
+    import os
+
+    (tmp_path / f".raw.{DEAD}.k1ll3d.partial").mkdir()  # atomic_dir's, left by kill -9
+    (tmp_path / f".raw.{os.getpid()}.live.partial").mkdir()  # a live writer's: kept
+    (tmp_path / f".other.{DEAD}.k1ll3d.partial").mkdir()  # another output's: left to its own writer
+    (tmp_path / f".summary.json.{DEAD}.k1ll3d.tmp").write_text("{half")  # write_text_atomic's
+    with atomic_dir(tmp_path / "raw") as out:
+        (out / "x").write_text("1")
+    write_json(tmp_path / "summary.json", {"ok": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".raw.{os.getpid()}.live.partial", f".other.{DEAD}.k1ll3d.partial", "raw", "summary.json"])
+
+
+def test_stale_warm_server_directories_are_removed(tmp_path):
+    import os
+
+    from imitation_gap.runner import warm
+
+    dead = tmp_path / f"ig-warm-{DEAD}-abc123"
+    live = tmp_path / f"ig-warm-{os.getpid()}-def456"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "socket").write_text("")
+        (d / "server.log").write_text("warm: ready")
+    assert warm.sweep_stale(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and live.exists()
+
+
+def test_an_mlflow_run_left_running_by_a_killed_stage_is_marked_failed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, env
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = ("import os, signal\n"
+              "from imitation_gap.core.config import load_params\n"
+              "from imitation_gap.core.tracking import mlflow_run\n"
+              f"p = load_params({str(ROOT / 'params.yaml')!r})\n"
+              "with mlflow_run(p, 'sft@S-broad-300-s0', {}) as run:\n"
+              "    print(run.info.run_id, flush=True)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", killed], env=env() | {"MLFLOW_TRACKING_URI": uri},
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == -9, r.stderr[-2000:]
+    orphan = r.stdout.split()[0]
+    import mlflow
+
+    from imitation_gap.core.config import load_params
+    from imitation_gap.core.tracking import mlflow_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert mlflow.get_run(orphan).info.status == "RUNNING"
+    with mlflow_run(load_params(ROOT / "params.yaml"), "report", {}):  # the next stage's run
+        pass
+    assert mlflow.get_run(orphan).info.status == "FAILED"
+
+
+WAITER = '''
+import pathlib, time
+pathlib.Path("started").touch()
+while not pathlib.Path("go").exists():  # until the test says so: no timing
+    time.sleep(0.05)
+pathlib.Path("out.txt").write_text("done")
+'''
+
+
+def test_a_second_runner_in_the_workspace_refuses_at_once_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from conftest import env, run
+
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    (repo / "wait.py").write_text(WAITER)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {"cmd": "python wait.py",
+                                                                       "deps": ["wait.py"], "outs": ["out.txt"]}}}))
+    run("git init -q -b main && git config user.email t@t && git config user.name t && dvc init -q && "
+        "git add -A && git commit -qm init", repo)
+    cmd = [sys.executable, "-m", "imitation_gap.runner.parallel", "--no-warm", "-j", "1"]
+    first = subprocess.Popen(cmd, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120  # a guard against a hang, not a measurement
+    while not (repo / "started").exists():
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.05)
+    log = repo / ".dvc" / "tmp" / "repro-logs" / "slow.log"
+    before = log.read_bytes()
+    second = run(cmd, repo, check=False)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"another runner (pid {first.pid}) is running in this workspace" in second.stderr
+    assert log.read_bytes() == before  # it touched no log (it overwrote the first runner's)
+    (repo / "go").touch()
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert (repo / "out.txt").read_text() == "done" and "up to date" in run(["dvc", "status"], repo).stdout

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,12 +40,60 @@ def repo_root() -> Path:
 
 
 # -- outputs: never leave a half-written result where a later stage would take it ------
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except OverflowError:
+        return False
+    return True
+
+
+STALE_UNOWNED_S = 3600  # a leftover with no pid in its name (written by older code) is stale after an hour
+
+
+def sweep_leftovers(folder: Path, name: str, suffix: str) -> list[Path]:
+    """Remove ``.<name>.<pid>.<random><suffix>`` siblings in ``folder`` whose process is gone (a ``kill -9``
+    left them: the temporary copies of :func:`atomic_dir` and :func:`write_text_atomic`); return them."""
+    pat = re.compile(rf"^\.{re.escape(name)}\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+{re.escape(suffix)}$")
+    removed = []
+    try:
+        candidates = [f for f in folder.iterdir() if f.name.startswith(f".{name}.") and f.name.endswith(suffix)]
+    except FileNotFoundError:
+        return removed
+    for f in candidates:
+        m = pat.match(f.name)
+        if not m:
+            continue
+        try:
+            if m.group("pid"):
+                stale = int(m.group("pid")) != os.getpid() and not alive(int(m.group("pid")))
+            else:
+                stale = time.time() - f.lstat().st_mtime > STALE_UNOWNED_S
+        except FileNotFoundError:
+            continue
+        if stale:
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
 @contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Write a directory in a temporary sibling; it replaces ``final`` only on success."""
+    """Write a directory in a temporary sibling; it replaces ``final`` only on success.
+
+    The sibling is ``.<name>.<pid>.<random>.partial``; those that a killed process left are removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    sweep_leftovers(final.parent, final.name, ".partial")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".partial", dir=final.parent))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
@@ -55,13 +106,20 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` through a temporary sibling (``.<name>.<pid>.<random>.tmp``) and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    sweep_leftovers(path.parent, path.name, ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json(path: str | Path, obj: Any) -> None:
