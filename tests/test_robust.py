@@ -299,8 +299,9 @@ KEY_ENV = "IG_TEST_TEACHER_KEY"
 
 
 class Hostile:
-    """An endpoint on 127.0.0.1: ``mode`` 401, 500, or echo (chat answers in the teacher's format, and every
-    /completions request a 500 whose body echoes the request's headers, as some proxies do)."""
+    """An endpoint on 127.0.0.1 that echoes the request's headers in its errors, as some proxies do: ``mode``
+    401 or 400 (every request refused), 500 (every POST), or echo (chat answers in the teacher's format, and
+    every /completions request a 500)."""
 
     def __init__(self, mode: str):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -319,17 +320,20 @@ class Hostile:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def echo(self, code: int) -> None:
+                self._json(code, {"error": {"message": f"refused; request headers: {dict(self.headers.items())}"}})
+
             def do_GET(self):
                 seen.append(self.headers.get("Authorization", ""))
                 if mode == "401":
-                    return self._json(401, {"error": {"message": "Incorrect API key provided"}})
+                    return self.echo(401)
                 self._json(200, {"object": "list", "data": [{"id": "teacher", "object": "model"}]})
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 seen.append(self.headers.get("Authorization", ""))
-                if mode == "401":
-                    return self._json(401, {"error": {"message": "Incorrect API key provided"}})
+                if mode in ("401", "400"):
+                    return self.echo(int(mode))
                 if mode == "500" or self.path.endswith("/completions") and "chat" not in self.path:
                     return self._json(500, {"error": {"message": f"upstream failed; request headers: "
                                                                  f"{dict(self.headers.items())}"}})
@@ -675,3 +679,33 @@ def test_a_second_runner_in_the_workspace_refuses_at_once_naming_the_first(tmp_p
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert (repo / "out.txt").read_text() == "done" and "up to date" in run(["dvc", "status"], repo).stdout
+
+
+@pytest.mark.parametrize("mode", ["401", "400"])
+def test_the_clients_errors_and_logs_never_hold_the_key_an_endpoint_echoes(mode, tmp_path, monkeypatch, caplog,
+                                                                           capfd):
+    import logging
+    import uuid
+
+    from imitation_gap.core.errors import EndpointError
+    from imitation_gap.llm.client import LLMClient
+
+    secret = "sk-test-" + uuid.uuid4().hex
+    monkeypatch.setenv(KEY_ENV, secret)
+    caplog.set_level(logging.DEBUG)
+    srv = Hostile(mode)
+    said = []
+    try:
+        c = LLMClient(srv.url, "teacher", cache_dir=tmp_path, api_key_env=KEY_ENV, **FAST)
+        try:
+            c.check_reachable("teacher.base_url")
+            c.chat_many([("p0", [{"role": "user", "content": "hi"}])], SAMPLING, max_failure_fraction=0.0)
+        except EndpointError as e:
+            said.append(str(e))
+    finally:
+        srv.close()
+    assert f"Bearer {secret}" in srv.auth and said  # the key was sent, and echoed back
+    out = capfd.readouterr()
+    assert not [t for t in (caplog.text, out.out, out.err, *said) if secret in t]
+    if mode == "400":  # the refusal is logged with the endpoint's message, its echo of the key masked
+        assert "Bearer ***" in caplog.text
