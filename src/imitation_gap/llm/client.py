@@ -364,7 +364,7 @@ class LLMClient:
                 usage = getattr(resp, "usage", None)
                 return {"content": content, "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
                         "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0)}, ""
-            except (_Malformed, ValueError, TypeError, AttributeError, openai.APIResponseValidationError) as e:
+            except (_Malformed, ValueError, TypeError, openai.APIResponseValidationError) as e:  # TypeError: junk usage
                 reason = str(e) if isinstance(e, _Malformed) else "malformed_json"
                 if malformed >= self.policy.malformed_retries:
                     return None, reason
