@@ -41,16 +41,18 @@ def repo_root() -> Path:
 
 # -- outputs: never leave a half-written result where a later stage would take it ------
 def alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts as alive)."""
+    """Whether a process ``pid`` runs (one of another user counts; a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         pass
-    except OverflowError:
-        return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: kill(0) said it exists
 
 
 STALE_UNOWNED_S = 3600  # a leftover with no pid in its name (written by older code) is stale after an hour

@@ -26,21 +26,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..core.io import alive
+
 log = logging.getLogger("imitation_gap")
 
 _TMP_RE = re.compile(r"^\.tmp-(?:(?P<pid>\d+)-)?.*\.json$")
 _SWEPT: set[Path] = set()  # cache roots swept by this process
 STALE_UNOWNED_S = 3600  # a temporary file with no pid in its name (older code) is stale after an hour
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 class ResponseCache:
@@ -81,7 +73,7 @@ class ResponseCache:
                     continue
                 pid = m.group("pid")
                 try:
-                    stale = (not _alive(int(pid))) if pid else now - f.stat().st_mtime > STALE_UNOWNED_S
+                    stale = (not alive(int(pid))) if pid else now - f.stat().st_mtime > STALE_UNOWNED_S
                     if stale and (not pid or int(pid) != os.getpid()):
                         f.unlink()
                         removed += 1

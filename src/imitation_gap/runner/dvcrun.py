@@ -147,22 +147,13 @@ def atomic_dumps() -> None:
             module._dump_data = _dump_data
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def sweep(folder: str | os.PathLike = ".") -> list[Path]:
     """Remove the temporary files of :func:`write_atomic` whose process is gone (left by a ``kill -9``)."""
+    from ..core.io import alive
     removed = []
     for f in Path(folder).glob(".*.tmp"):
         m = _TMP_RE.match(f.name)
-        if m and int(m.group("pid")) != os.getpid() and not _alive(int(m.group("pid"))):
+        if m and int(m.group("pid")) != os.getpid() and not alive(int(m.group("pid"))):
             try:
                 f.unlink()
                 removed.append(f)

@@ -301,6 +301,8 @@ def sweep_stale(tmpdir: str | None = None) -> list[str]:
     import shutil
     import tempfile
 
+    from ..core.io import alive
+
     root = Path(tmpdir or tempfile.gettempdir())
     removed = []
     for d in root.glob("ig-warm-*"):
@@ -311,7 +313,7 @@ def sweep_stale(tmpdir: str | None = None) -> list[str]:
             continue
         m = re.match(r"^ig-warm-(\d+)-", d.name)
         if m:
-            stale = not _alive(int(m.group(1)))
+            stale = not alive(int(m.group(1)))
         else:  # an older version's: only when old (it may be starting) and nothing answers on its socket
             sock = d / "socket"
             stale = time.time() - d.stat().st_mtime > 3600
