@@ -300,8 +300,8 @@ KEY_ENV = "IG_TEST_TEACHER_KEY"
 
 class Hostile:
     """An endpoint on 127.0.0.1 that echoes the request's headers in its errors, as some proxies do: ``mode``
-    401 or 400 (every request refused), 500 (every POST), or echo (chat answers in the teacher's format, and
-    every /completions request a 500)."""
+    401 or 400 (every request refused), 500 (every POST), html (every answer a 200 HTML page, /models too), or
+    echo (chat answers in the teacher's format, and every /completions request a 500)."""
 
     def __init__(self, mode: str):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -320,6 +320,14 @@ class Hostile:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def html(self) -> None:
+                data = b"<html><body>Welcome to nginx!</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def echo(self, code: int) -> None:
                 self._json(code, {"error": {"message": f"refused; request headers: {dict(self.headers.items())}"}})
 
@@ -327,6 +335,8 @@ class Hostile:
                 seen.append(self.headers.get("Authorization", ""))
                 if mode == "401":
                     return self.echo(401)
+                if mode == "html":
+                    return self.html()
                 self._json(200, {"object": "list", "data": [{"id": "teacher", "object": "model"}]})
 
             def do_POST(self):
@@ -334,6 +344,8 @@ class Hostile:
                 seen.append(self.headers.get("Authorization", ""))
                 if mode in ("401", "400"):
                     return self.echo(int(mode))
+                if mode == "html":
+                    return self.html()
                 if mode == "500" or self.path.endswith("/completions") and "chat" not in self.path:
                     return self._json(500, {"error": {"message": f"upstream failed; request headers: "
                                                                  f"{dict(self.headers.items())}"}})
@@ -388,19 +400,12 @@ FAIL_FAST = {"max_retries": 0, "malformed_retries": 0, "backoff_base": 0.01, "ba
                                         ("html", "not_json")])
 def test_eval_teacher_against_a_broken_endpoint_is_one_line_exit_2(world_repo, tmp_path, mode, says):
     repo = repo_copy(world_repo, tmp_path)
-    if mode == "html":
-        from imitation_gap.worlds.embedded.world import load_world
-
-        with serve(load_world(repo / "data" / "raw" / "world.json"), Faults(html=1.0)) as (url, _):
-            r = stage(repo, tmp_path, ["imitation_gap.stages.evaluate", "--teacher"],
-                      {"teacher": {"base_url": url, **FAIL_FAST}})
-    else:
-        srv = Hostile(mode)
-        try:
-            r = stage(repo, tmp_path, ["imitation_gap.stages.evaluate", "--teacher"],
-                      {"teacher": {"base_url": srv.url, "api_key_env": KEY_ENV, **FAIL_FAST}})
-        finally:
-            srv.close()
+    srv = Hostile(mode)
+    try:
+        r = stage(repo, tmp_path, ["imitation_gap.stages.evaluate", "--teacher"],
+                  {"teacher": {"base_url": srv.url, "api_key_env": KEY_ENV, **FAIL_FAST}})
+    finally:
+        srv.close()
     one_line_exit_2(r, "teacher", says)
     assert not (repo / "metrics" / "runs" / "teacher.json").exists()
 

@@ -285,6 +285,8 @@ class LLMClient:
                                 f"set the environment variable {self.api_key_env} (named by api_key_env)") from None
         except openai.APIStatusError:
             pass  # some servers have no /models; the calls themselves will tell
+        except Exception:  # noqa: BLE001 - a /models answer the SDK cannot parse (an HTML page): the calls will tell
+            pass
 
     def cache_key(self, messages: list[dict], sampling: dict) -> str:
         """sha256 of (endpoint host or ``cache_host``, model, messages, sampling): the response's cache key."""
