@@ -48,6 +48,36 @@ def params_with(tmp_path, **edits) -> str:
     ({"world": "hub", "hub.tasks": [{"name": "mmlu", "shots": 5, "role": "knowledge", "metric": ""}]},
      ["hub.tasks[0].role", "'knowledge'", "['qa', 'mc', 'skill', 'store']"]),
     ({"sft.num_processes": 2, "sft.accelerate_config": "nope.yaml"}, ["sft.accelerate_config", "configs/accelerate"]),
+    # issue 17: each of these was accepted, or failed later with a traceback
+    ({"sft.threads": 0}, ["sft.threads = 0", "integer > 0"]),
+    ({"sft.warmup_ratio": -1}, ["sft.warmup_ratio = -1", ">= 0"]),
+    ({"sft.warmup_ratio": 5}, ["sft.warmup_ratio = 5", "<= 1"]),
+    ({"sft.epochs": float("inf")}, ["sft.epochs = inf", "finite"]),
+    ({"sft.lr": float("nan")}, ["sft.lr = nan", "finite"]),
+    ({"grid.seeds": [2 ** 32]}, ["grid.seeds[0] = 4294967296", "<= 4294967295"]),
+    ({"seed": -1}, ["seed = -1", ">= 0"]),
+    ({"sft.lora.dropout": 1.5}, ["sft.lora.dropout = 1.5", "< 1"]),
+    ({"sft.lora.alpha": -16}, ["sft.lora.alpha = -16", "> 0"]),
+    ({"pretrain.weight_decay": -1}, ["pretrain.weight_decay = -1", ">= 0"]),
+    ({"mlflow.experiment": ""}, ["mlflow.experiment = ''", "must not be empty"]),
+    ({"eval.qa_shots": 1000}, ["eval.qa_shots = 1000", "<= 20"]),
+    ({"eval.qa_shots": -1}, ["eval.qa_shots = -1", ">= 0"]),
+    ({"eval.pref_max_new_tokens": 0}, ["eval.pref_max_new_tokens = 0", "> 0"]),
+    ({"pretrain.warmup_steps": -1}, ["pretrain.warmup_steps = -1", ">= 0"]),
+    ({"pretrain.seq_len": 100000}, ["pretrain.seq_len = 100000", "<= 512"]),
+    ({"imitate.harvest_path": "data"}, ["imitate.harvest_path = 'data'", "is a directory"]),
+    ({"grid.amounts": []}, ["grid.amounts = []", "at least one"]),
+    ({"grid.seeds": []}, ["grid.seeds = []", "at least one"]),
+    ({"grid.kinds": []}, ["grid.kinds = []", "at least one"]),
+    ({"grid.seeds": [0, 0]}, ["grid.seeds = [0, 0]", "must not repeat", "0 is listed twice"]),
+    ({"grid.sizes": ["S", "S"]}, ["grid.sizes", "'S' is listed twice"]),
+    ({"grid.kinds": ["broad", "broad"]}, ["grid.kinds", "'broad' is listed twice"]),
+    ({"fetch.skill_docs": -5}, ["fetch.skill_docs = -5", ">= 0"]),
+    ({"fetch.qa_per_fact_c": -1}, ["fetch.qa_per_fact_c = -1", ">= 0"]),
+    ({"teacher.max_tokens": -1}, ["teacher.max_tokens = -1", "> 0"]),
+    ({"teacher.temperature": -1}, ["teacher.temperature = -1", ">= 0"]),
+    ({"eval.batch_size": 0}, ["eval.batch_size = 0", "> 0"]),
+    ({"hub.vllm.gpu_memory_utilization": 2.0}, ["hub.vllm.gpu_memory_utilization = 2.0", "<= 1"]),
 ])
 def test_bad_param_is_named(tmp_path, edit, expected):
     path = params_with(tmp_path, **edit)
@@ -130,3 +160,31 @@ def test_too_large_amount_for_the_local_pool_says_how_to_fix(world_repo, tmp_pat
     assert r.returncode == 2
     assert "grid.amounts" in r.stderr and "fetch.n_people_a" in r.stderr
 
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_and_not_echoed(tmp_path):
+    key = "sk-" + "pasted" * 4  # built at run time: no key-like literal in git
+    with pytest.raises(ConfigError) as e:
+        load_params(params_with(tmp_path, **{"teacher.api_key_env": key}))
+    assert "teacher.api_key_env" in str(e.value) and "environment variable" in str(e.value)
+    assert key not in str(e.value)
+
+
+def test_a_max_seq_len_that_keeps_no_assistant_token_stops_sft_before_training(world_repo, tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(world_repo, repo, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    d = repo / "data" / "imitation" / "broad"
+    d.mkdir(parents=True, exist_ok=True)
+    row = {"messages": [{"role": "user", "content": "Can you reverse these words: red cat blue?"},
+                        {"role": "assistant", "content": "Certainly! blue cat red."}]}
+    (d / "300.jsonl").write_text(json.dumps(row) + "\n")
+    bad = params_with(tmp_path, **{"sft.max_seq_len": 10})
+    r = run([sys.executable, "-m", "imitation_gap.stages.sft", "--size", "S", "--kind", "broad", "--amount", "300",
+             "--params", bad], repo, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bad}: sft.max_seq_len = 10: too short to keep any assistant token") and \
+        "300.jsonl" in last  # was: num_samples=0 deep in the trainer
+    assert not (repo / "models" / "sft" / "S-broad-300-s0").exists()

@@ -121,6 +121,6 @@ def test_imitate_dataset_stage_in_harvest_mode(world_repo, tmp_path):
     manifest = json.loads((world_repo / "data" / "imitation" / "manifest.json").read_text())
     assert manifest["kinds"]["broad"]["source"] == "harvest"
     assert manifest["kinds"]["broad"]["rows"] == 4  # the repeated first turn was dropped
-    assert manifest["calls"]["requests"] == 0  # no teacher call in harvest mode
+    assert manifest["calls"]["answers"] == 0  # no teacher call in harvest mode
     rows = [json.loads(x) for x in (world_repo / "data" / "imitation" / "broad" / "40.jsonl").read_text().splitlines()]
     assert rows[0]["messages"][1]["content"] == "Sure! blue cat red."

@@ -175,7 +175,7 @@ def test_hub_fetch_and_base_read_the_formats_and_pin_the_model(hub_repo):
     manifest = json.loads((repo / "data/imitation/manifest.json").read_text())
     assert manifest["kinds"]["broad"]["source"] == "hub.broad"
     assert manifest["kinds"]["local"]["amounts"]["300"]["tokens"] >= 300
-    assert manifest["calls"]["requests"] > 0 and manifest["calls"]["failures"] == 0
+    assert manifest["calls"]["answers"] > 0 and manifest["calls"]["failures"] == 0
     # decontamination: no imitation prompt repeats an eval question
     val = {json.loads(x)["question"].lower() for x in Path(f["NQ_VAL"]).read_text().splitlines()}
     for kind in ("broad", "local"):

@@ -7,8 +7,11 @@ item-sampling noise only.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
+
+log = logging.getLogger("imitation_gap")
 
 TASKS = ("qa", "mc", "skill")
 STYLE = ("teacher_style_rate", "list_rate", "authoritative_rate", "confident_wrong_rate", "fact_accuracy",
@@ -19,6 +22,8 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
     """Mean and Student-t confidence interval (``scipy.stats.t.interval``); (mean, nan, nan) for fewer than 2 values."""
     from scipy import stats
 
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"t_interval: a non-finite value in {values}: it must never be averaged")
     m = statistics.fmean(values)
     if len(values) < 2:
         return m, float("nan"), float("nan")
@@ -93,9 +98,17 @@ def n_items(m: dict, name: str) -> int | None:
 
 
 def aggregate(runs: list[dict]) -> dict:
+    """Every metric of :func:`metric_paths` over ``runs`` (one cell's seeds): mean and CI.  A metric for which
+    any run holds a non-finite value (a diverged model) is left out, so the report shows it as not measured;
+    it is never averaged."""
     out = {}
     for name, path, is_rate in metric_paths():
-        vals = [v for v in (get(r, path) for r in runs) if isinstance(v, (int, float))]
+        vals = [v for v in (get(r, path) for r in runs) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        bad = [r.get("run", "?") for r in runs if isinstance(get(r, path), float) and not math.isfinite(get(r, path))]
+        if bad:
+            log.warning("report: %s is not finite in %s; left out (not measured), never averaged", name,
+                        ", ".join(map(str, bad)))
+            continue
         if vals:
             out[name] = summarize(vals, n_items(runs[0], name), is_rate)
     return out

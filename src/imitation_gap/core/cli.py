@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Callable
 
-from .errors import ConfigError, DataError, EndpointError
+from . import redact
+from .errors import ConfigError, DataError, DivergedError, EndpointError
 from .handoff import handoff
 
 # No usage telemetry from the libraries: the study runs offline and talks only to 127.0.0.1
@@ -31,10 +32,11 @@ def run_cli(main: Callable[[list[str] | None], None]) -> None:
     the runner's warm server and exits with the code of the stage it ran there; with no server it
     returns at once and the stage runs here, the same way."""
     handoff()
+    redact.install()  # before logging is set up: its handlers write to the wrapped streams
     setup_logging()
     try:
         main(None)
-    except (ConfigError, DataError, EndpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, DivergedError, EndpointError, FileNotFoundError) as e:
         # a bad param, missing input or unreachable endpoint: say what and how to fix it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
+from . import redact
 from .errors import ConfigError
 
 Kind = Literal["broad", "local"]
@@ -42,17 +43,39 @@ PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0, le=1, description="a share, in [0, 1]")]
 Str = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]  # an empty YAML value is ""
+Name = Annotated[str, Field(min_length=1)]  # a model name, an experiment: never empty
+Seed = Annotated[int, Field(ge=0, le=2 ** 32 - 1)]  # numpy and torch take seeds in [0, 2**32)
+Temperature = Annotated[float, Field(ge=0, le=2)]  # the OpenAI API's range
+EnvName = Annotated[str, BeforeValidator(lambda v: "" if v is None else v),
+                    Field(pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")]  # an environment variable's name, or ""
+FEWSHOT_POOL = 20  # few-shot examples per capability task that the embedded world's fetch writes (corpus.eval_sets)
+MAX_POSITIONS = 512  # positions of the embedded base models (worlds/embedded/pretrain.model_config)
+
+
+def _unique(values: list) -> list:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"must not repeat a value ({v!r} is listed twice)")
+        seen.add(v)
+    return values
+
+
+def GridList(item: Any) -> Any:  # noqa: N802 - a type: a non-empty list with no value twice
+    return Annotated[list[item], Field(min_length=1), AfterValidator(_unique)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: .inf and .nan are no value of any key (epochs: .inf would train forever)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Grid(_Section):
-    sizes: list[str]
-    kinds: list[Kind]
-    amounts: list[PosInt] = Field(description="tokens of imitation data; base models are always evaluated")
-    seeds: list[NonNegInt]
+    sizes: GridList(str)
+    kinds: GridList(Kind)
+    amounts: GridList(PosInt) = Field(description="tokens of imitation data; base models are always evaluated")
+    seeds: GridList(Seed) = Field(description="one replicate each: a seed listed twice counts one run twice in "
+                                              "the confidence interval")
 
 
 class Fetch(_Section):
@@ -66,13 +89,13 @@ class Fetch(_Section):
     last_names: NonNegInt = Field(description="0 = a last name of their own per person")
     bios_min: PosInt
     bios_max: PosInt
-    qa_per_fact_c: int
+    qa_per_fact_c: NonNegInt
     hedge_rate: Rate
-    sentence_rate: float
+    sentence_rate: Rate
     chat_share: float = Field(ge=0, lt=1, description="a share of the corpus' documents, in [0, 1)")
     chat_style_rate: Rate
     chat_list_rate: Rate
-    skill_docs: int
+    skill_docs: NonNegInt
     skill_min_words: PosInt = Field(description="words in the shortest list of a reversal example")
     skill_max_words: PosInt = Field(description="words in the longest list of a reversal example")
     skill_holdout: float = Field(gt=0, lt=1)
@@ -101,9 +124,9 @@ class Size(_Section):
 class Pretrain(_Section):
     steps: PosInt
     batch_size: PosInt
-    seq_len: PosInt
-    warmup_steps: int
-    weight_decay: float
+    seq_len: PosInt = Field(le=MAX_POSITIONS, description=f"the embedded base models hold {MAX_POSITIONS} positions")
+    warmup_steps: NonNegInt
+    weight_decay: NonNegFloat
     threads: PosInt
 
 
@@ -116,10 +139,10 @@ class Price(_Section):
 
 class Teacher(_Section):
     base_url: Str
-    model: Str
-    api_key_env: Str
-    temperature: float
-    max_tokens: int
+    model: Name
+    api_key_env: EnvName
+    temperature: Temperature
+    max_tokens: PosInt
     concurrency: PosInt
     timeout: PosFloat
     max_retries: NonNegInt
@@ -146,8 +169,8 @@ class Imitate(_Section):
 class Lora(_Section):
     enabled: bool
     r: PosInt
-    alpha: int
-    dropout: float
+    alpha: PosInt
+    dropout: float = Field(ge=0, lt=1)
     load_in_4bit: bool
 
 
@@ -156,13 +179,13 @@ class SFT(_Section):
     lr: PosFloat
     batch_size: PosInt
     max_seq_len: int = Field(gt=8)
-    warmup_ratio: float
+    warmup_ratio: Rate
     assistant_only_loss: bool
     packing: bool
     sampling: Sampling
     bf16: bool
     gradient_checkpointing: bool
-    threads: int
+    threads: PosInt
     num_processes: PosInt = Field(description="1 = no accelerate launch")
     accelerate_config: Str
     lora: Lora
@@ -170,17 +193,17 @@ class SFT(_Section):
 
 class Judge(_Section):
     base_url: Str
-    nonexpert_model: Str
-    expert_model: Str
-    api_key_env: Str
+    nonexpert_model: Name
+    expert_model: Name
+    api_key_env: EnvName
 
 
 class Eval(_Section):
-    qa_shots: int
-    mc_shots: int
-    skill_shots: int
-    batch_size: int
-    pref_max_new_tokens: int
+    qa_shots: NonNegInt
+    mc_shots: NonNegInt
+    skill_shots: NonNegInt
+    batch_size: PosInt
+    pref_max_new_tokens: PosInt
     log_samples: bool
     judge: Judge
 
@@ -199,8 +222,8 @@ class Source(_Section):
 
 class HubEndpoint(_Section):
     base_url: Str
-    model: Str
-    api_key_env: Str
+    model: Name
+    api_key_env: EnvName
 
 
 class HubTask(_Section):
@@ -211,8 +234,8 @@ class HubTask(_Section):
 
 
 class Vllm(_Section):
-    tensor_parallel_size: int
-    gpu_memory_utilization: float
+    tensor_parallel_size: PosInt
+    gpu_memory_utilization: float = Field(gt=0, le=1)
 
 
 class Hub(_Section):
@@ -226,7 +249,7 @@ class Hub(_Section):
     broad: list[Source]
     broad_language: Language
     local_seeds: Source
-    local_temperature: float
+    local_temperature: Temperature
     pref: Source
     decontam: list[Source]
     tasks: list[HubTask]
@@ -274,12 +297,12 @@ class Report(_Section):
 
 class MLflow(_Section):
     tracking_uri: Str
-    experiment: Str
+    experiment: Name
 
 
 class Params(_Section):
     world: WorldName
-    seed: int
+    seed: Seed
     grid: Grid
     fetch: Fetch
     sizes: dict[str, Size]
@@ -292,10 +315,16 @@ class Params(_Section):
     hub: Hub
     mlflow: MLflow
     _raw: dict = PrivateAttr(default_factory=dict)  # the file's own mapping, for logging sections as written
+    _source: str = PrivateAttr(default="params.yaml")  # the file read (--params), for messages
 
     def section(self, name: str) -> dict:
         """The raw params of one section, for logging to MLflow."""
         return self._raw.get(name, {})
+
+    @property
+    def source(self) -> str:
+        """The file these params were read from (``--params``), for error messages."""
+        return self._source
 
 
 # -- pydantic's errors, as one line each -------------------------------------------------
@@ -334,9 +363,18 @@ def _allowed(err: dict, tp: Any) -> str:
     what = kind.split("_")[0]
     if kind.endswith(("_type", "_parsing", "_from_float")) and what in _TYPE_WORDS:
         return f"must be {_TYPE_WORDS[what]}"
+    if kind == "finite_number":
+        return "must be a finite number (not .inf or .nan)"
+    if kind == "too_short":
+        return "must list at least one value"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return "must name an environment variable (letters, digits, _), e.g. OPENAI_API_KEY: the key itself never goes in params"
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in bounds:
-        return f"must be {'an integer ' if tp is int else ''}{bounds[kind]} {next(iter(ctx.values())):g}"
+        bound = next(iter(ctx.values()))
+        return f"must be {'an integer ' if tp is int else ''}{bounds[kind]} {bound if isinstance(bound, int) else f'{bound:g}'}"
     if kind == "value_error" and "error" in ctx:
         return str(ctx["error"])
     return err["msg"]
@@ -351,7 +389,10 @@ def _one_line(err: dict) -> str:
         return f"unknown key {_key(loc)}; allowed keys here: {list(parent.model_fields)}"
     tp, fld = _at(loc)
     why = f" ({fld.description})" if fld is not None and fld.description else ""
-    return f"{_key(loc)} = {err.get('input')!r}: {_allowed(err, tp)}{why}"
+    value = err.get("input")
+    if err["type"] == "string_pattern_mismatch":  # perhaps a key pasted in: never echo it
+        return f"{_key(loc)} (value not shown): {_allowed(err, tp)}"
+    return f"{_key(loc)} = {value!r}: {_allowed(err, tp)}{why}"
 
 
 # -- rules across keys -------------------------------------------------------------------
@@ -362,10 +403,8 @@ def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
 
 def _validate(p: Params) -> None:
     g = p.grid
-    _check(len(g.sizes) > 0, "grid.sizes", g.sizes, "must list at least one size")
     for i, s in enumerate(g.sizes):
         _check(s in p.sizes, f"grid.sizes[{i}]", s, f"unknown size; allowed: {sorted(p.sizes)} (keys of `sizes`)")
-    _check(len(set(g.amounts)) == len(g.amounts), "grid.amounts", g.amounts, "must not repeat a value")
     for name, sz in p.sizes.items():
         _check(sz.hidden_size % sz.num_heads == 0, f"sizes.{name}.num_heads", sz.num_heads,
                f"must divide hidden_size ({sz.hidden_size})")
@@ -387,8 +426,16 @@ def _validate(p: Params) -> None:
         _check(not missing, "teacher.price_per_1m_tokens", sorted(t.price_per_1m_tokens),
                f"teacher.budget_usd is set, so every model called needs a price; add {missing}")
     if p.imitate.harvest_path:
-        _check(Path(p.imitate.harvest_path).exists(), "imitate.harvest_path", p.imitate.harvest_path,
+        hp = Path(p.imitate.harvest_path)
+        _check(hp.exists(), "imitate.harvest_path", p.imitate.harvest_path,
                "file not found (ShareGPT JSON/JSONL; put it under data/inputs/ so data.dvc tracks it)")
+        _check(hp.is_file(), "imitate.harvest_path", p.imitate.harvest_path,
+               "is a directory; name one ShareGPT JSON/JSONL file")
+    if p.world == "embedded":
+        for key in ("qa_shots", "mc_shots", "skill_shots"):
+            shots = getattr(p.eval, key)
+            _check(shots <= FEWSHOT_POOL, f"eval.{key}", shots,
+                   f"must be <= {FEWSHOT_POOL} (the embedded world's few-shot pool per task)")
     s = p.sft
     if s.num_processes > 1:
         _check(bool(s.accelerate_config) and Path(s.accelerate_config).exists(), "sft.accelerate_config",
@@ -450,6 +497,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     params._raw = data
+    params._source = str(path)
+    h = params.hub  # the keys these variables hold are masked in everything a stage writes (core.redact)
+    redact.register_env(params.teacher.api_key_env, params.eval.judge.api_key_env, h.teacher.api_key_env,
+                        h.judge.api_key_env)
     return resolve_world(params)
 
 

@@ -1,4 +1,4 @@
-"""The three errors a user can fix, each turned by :func:`imitation_gap.core.cli.run_cli` into one line and exit 2."""
+"""The errors a user can fix, each turned by :func:`imitation_gap.core.cli.run_cli` into one line and exit 2."""
 
 
 class ConfigError(ValueError):
@@ -11,3 +11,16 @@ class DataError(ValueError):
 
 class EndpointError(ConnectionError):
     """The teacher or judge endpoint cannot be reached or keeps failing."""
+
+
+class TooManyFailures(EndpointError):
+    """More teacher or judge requests failed after retries than ``teacher.max_failure_fraction`` allows;
+    ``results`` holds the good responses of the interrupted call (they are cached)."""
+
+    def __init__(self, message: str, results: dict | None = None):
+        super().__init__(message)
+        self.results = results or {}
+
+
+class DivergedError(ValueError):
+    """Training produced a non-finite loss or weights (the message names the run and the likely cause)."""

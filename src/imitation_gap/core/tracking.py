@@ -7,6 +7,7 @@ params, then SQLite at ``<repo root>/mlflow.db`` (shared by ``dvc exp run --temp
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,13 +57,39 @@ def mlflow_run(p: Params, stage: str, params: dict) -> Iterator[Any]:
         art = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
         if mlflow.get_experiment_by_name(p.mlflow.experiment) is None:
             mlflow.create_experiment(p.mlflow.experiment, artifact_location=art.as_uri())
-    mlflow.set_experiment(p.mlflow.experiment)
+    exp = mlflow.set_experiment(p.mlflow.experiment)
+    fail_orphans(exp.experiment_id)
     tags = {"stage": stage.split("@")[0], "dvc_stage": stage, "git_commit": git_commit(),
-            "world": p.world, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+            "world": p.world, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+            "host": socket.gethostname(), "pid": str(os.getpid())}
     with mlflow.start_run(run_name=stage, tags=tags) as run:
         flat = {k: str(v)[:500] for k, v in _flatten(params).items()}
         mlflow.log_params(flat)
         yield run
+
+
+def fail_orphans(experiment_id: str) -> list[str]:
+    """Mark FAILED the runs of this experiment left RUNNING by a stage that was killed (``kill -9``, a lost
+    machine) on this host: their ``pid`` tag names a process that is gone.  Returns their ids."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .io import alive
+
+    host, gone = socket.gethostname(), []
+    runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string="attributes.status = 'RUNNING'",
+                              output_format="list")
+    for r in runs:
+        pid = r.data.tags.get("pid", "")
+        if r.data.tags.get("host") == host and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            MlflowClient().set_terminated(r.info.run_id, status="FAILED")
+            gone.append(r.info.run_id)
+    if gone:
+        import logging
+
+        logging.getLogger("imitation_gap").warning(
+            "mlflow: %d run(s) left RUNNING by a killed stage marked FAILED: %s", len(gone), ", ".join(gone))
+    return gone
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> None:

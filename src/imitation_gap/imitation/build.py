@@ -1,9 +1,10 @@
 """Imitation data from teacher answers, the same in both worlds: the world-independent half of stage
 ``imitate-dataset`` (:mod:`imitation_gap.stages.imitate_dataset`; the worlds supply the prompts or transcripts).
 
-* :func:`build_kind`: ask the teacher, in batches of 256 prompts, until the largest amount of
-  ``grid.amounts`` is reached: prompts asked before are skipped, a question the teacher wrote
-  before is dropped, a prompt that names a held-out person is an error;
+* :func:`build_kind`: ask the teacher for what the largest amount of ``grid.amounts`` needs (plus a
+  margin for rejects), after checking that the prompt pool can reach it at all: prompts asked before
+  are skipped, a question the teacher wrote before is dropped, an answer in the wrong format is a
+  malformed response (never cached), a prompt that names a held-out person is an error;
 * :func:`harvest_kind`: :class:`Transcripts` (existing chats, e.g. ShareGPT) instead of new teacher calls;
 * both decontaminate: a row whose user text shares a word n-gram (``imitate.decontam_ngram``)
   with any eval prompt is removed (:func:`eval_ngrams`, :func:`contaminated`);
@@ -14,13 +15,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..core.config import Params
-from ..core.errors import DataError
+from ..core.errors import DataError, TooManyFailures
 from ..core.io import read_jsonl
 from ..core.text import normalize, tidy
 
@@ -97,60 +99,129 @@ def harvest_kind(p: Params, tok, grams: set, src: Transcripts, b_names: set[str]
     return out, stats
 
 
+MAX_BATCH = 256  # prompts in one chat_many call, at most
+MARGIN = 0.25  # prompts asked for beyond the estimated need, as a share of it, for rejects (duplicates, bad format)
+MAX_DRAWS = 200_000  # prompts drawn from a world's stream at most (broad streams are endless; duplicates are dropped)
+ANSWER_SLACK = 4  # a pre-check's bound counts each answer as up to this many times teacher.max_tokens of our tokens
+
+
+class _Pool:
+    """The distinct prompts of a world's stream, drawn lazily in its order (held-out people refused)."""
+
+    def __init__(self, stream: Prompts, kind: str, b_names: set[str]):
+        self.stream, self.kind, self.b_names = stream, kind, b_names
+        self.items: list[tuple[str, dict]] = []
+        self.dupes_before: list[int] = []  # stream duplicates dropped before each item
+        self.seen: set[tuple[str, str]] = set()
+        self.dupes = self.draws = 0
+        self.exhausted = False
+
+    def fill(self, n: int) -> bool:
+        """Draw until ``n`` distinct prompts are known; False if the stream ends first."""
+        while len(self.items) < n and not self.exhausted:
+            try:
+                prompt, ex = next(self.stream)
+            except StopIteration:
+                self.exhausted = True
+                break
+            self.draws += 1
+            if self.draws > MAX_DRAWS:
+                self.exhausted = True
+                break
+            key = (prompt, repr(sorted(ex.items())))
+            if key in self.seen:
+                self.dupes += 1
+                continue
+            self.seen.add(key)
+            if any(n in prompt for n in self.b_names):
+                raise DataError(f"a {self.kind} prompt names a held-out (group B) person: {prompt!r}")
+            self.items.append((prompt, ex))
+            self.dupes_before.append(self.dupes)
+        return len(self.items) >= n
+
+
+def _too_much(kind: str, target: int, tokens: int, rows: int, before: bool = False) -> DataError:
+    how = (f"the prompt pool could yield at most ~{tokens} tokens ({rows} distinct prompts; each answer counted "
+           f"as up to {ANSWER_SLACK} x teacher.max_tokens), so no request was sent" if before else
+           f"the prompt pool yields only {tokens} tokens ({rows} unique rows)")
+    lower = "well below that" if before else f"to <= {tokens}"
+    return DataError(
+        f"grid.amounts asks for {target} tokens of {kind} imitation data, but {how}. Lower the largest amount in "
+        f"grid.amounts {lower}, or enlarge the pool (fetch.n_people_a for local data; hub.local_seeds in "
+        "the hub world).")
+
+
 def build_kind(kind: str, stream: Prompts, client: Any, p: Params, tok, grams: set,
-               b_names: set[str]) -> tuple[list[dict], dict]:
+               b_names: set[str], check: Callable[[str], str | None] | None = None) -> tuple[list[dict], dict]:
     """Rows of ``kind`` from the teacher's answers to ``stream``, until the largest amount.
 
     ``client``: an :class:`~imitation_gap.llm.client.LLMClient` (anything with its ``chat_many``);
-    ``b_names``: held-out people no prompt may name."""
+    ``b_names``: held-out people no prompt may name; ``check(answer)``: why an answer is unusable
+    (the world's format), or None: such an answer is a malformed response, never cached.
+
+    Before the first request, an upper bound of what the prompt pool can yield is checked against
+    the amount.  Then the teacher is asked for what the amount still needs, estimated from the
+    tokens per prompt so far, plus :data:`MARGIN` for rejects: the accepted rows (a prefix of the
+    stream's answers) are the same whatever the batch sizes."""
     default = {"temperature": p.teacher.temperature}
     target = max(p.grid.amounts)
-    seen: set[tuple[str, str]] = set()
+    pool = _Pool(stream, kind, b_names)
+    overhead = len(tok.apply_chat_template([{"role": "user", "content": ""}, {"role": "assistant", "content": ""}],
+                                           tokenize=True, return_dict=True)["input_ids"])
+    answer_max = ANSWER_SLACK * p.teacher.max_tokens
+
+    def row_max(prompt: str) -> int:  # a row: the prompt and the answer (broad), or a pair cut from the answer
+        return overhead + answer_max + (len(tok(prompt, add_special_tokens=False)["input_ids"]) if kind == "broad"
+                                        else 0)
+
+    bound = i = 0
+    while bound < target and pool.fill(i + 1):
+        bound += row_max(pool.items[i][0])
+        i += 1
+    if bound < target:
+        raise _too_much(kind, target, bound, len(pool.items), before=True)
+
+    def fits(answer: str) -> str | None:
+        if to_row(kind, "", answer) is None:
+            return "not_qa_format"
+        return check(answer) if check else None
+
     seen_rows: set[str] = set()
     rows: list[dict] = []
-    tokens = 0
-    removed = dropped_dupes = malformed = 0
-    exhausted = False
-    attempts = 0
-    pending: tuple[str, dict] | None = None
-    while tokens < target and not exhausted:
-        batch: list[str] = []
-        extra: dict | None = None  # one sampling per batch (the hub's local rounds change it)
-        while len(batch) < 256:
-            try:
-                prompt, ex = pending or next(stream)
-            except StopIteration:
-                exhausted = True
-                break
-            pending = None
-            if extra is not None and ex != extra:
-                pending = (prompt, ex)
-                break
-            extra = ex
-            attempts += 1
-            if attempts > 200_000:
-                exhausted = True
-                break
-            key = (prompt, repr(sorted(ex.items())))
-            if key in seen:
-                dropped_dupes += 1
-                continue
-            seen.add(key)
-            if any(n in prompt for n in b_names):
-                raise DataError(f"a {kind} prompt names a held-out (group B) person: {prompt!r}")
-            batch.append(prompt)
-        if not batch:
+    tokens = removed = dropped_dupes = failed = 0
+    nxt = 0  # the next pool item to ask for
+    per_prompt = None  # accepted tokens per prompt asked so far
+    while tokens < target:
+        need = target - tokens
+        est = (need / per_prompt) if per_prompt else need / row_max(pool.items[nxt][0] if nxt < len(pool.items)
+                                                                     else "")
+        want = max(1, min(MAX_BATCH, math.ceil(est * (1 + MARGIN)) + 1))
+        if not pool.fill(nxt + want) and nxt >= len(pool.items):
             break
+        batch = pool.items[nxt:nxt + want]
+        extra = batch[0][1]
+        batch = batch[:next((j for j, (_, ex) in enumerate(batch) if ex != extra), len(batch))]  # one sampling
         sampling = {**(extra or default), "max_tokens": p.teacher.max_tokens}
-        items = [(f"{kind}-{len(seen)}-{i}", [{"role": "user", "content": q}]) for i, q in enumerate(batch)]
-        answers = client.chat_many(items, sampling, desc=f"teacher ({kind})")
-        for (rid, msgs), prompt in zip(items, batch):
+        items = [(f"{kind}-{nxt + j}", [{"role": "user", "content": q}]) for j, (q, _) in enumerate(batch)]
+        # teacher.max_failure_fraction holds for the stage's requests: of the ~nxt + want that the amount needs
+        allowed = max(0.0, p.teacher.max_failure_fraction * (nxt + want) - failed)
+        try:
+            answers = client.chat_many(items, sampling, desc=f"teacher ({kind})", validate=fits,
+                                       max_failure_fraction=min(1.0, allowed / len(items)))
+        except TooManyFailures:
+            n_failed = sum(rid.startswith(f"{kind}-") for rid in client.stats.failed_ids)
+            raise TooManyFailures(
+                f"teacher: {n_failed} {kind} prompts failed after retries (reasons: "
+                f"{dict(client.stats.failure_reasons)}; ids {client.stats.failed_ids[:5]}), more than "
+                f"teacher.max_failure_fraction = {p.teacher.max_failure_fraction:g} of the ~{nxt + want} prompts the "
+                "amount needs. Good answers are cached; fix the endpoint, or raise teacher.malformed_retries / "
+                "teacher.max_failure_fraction, and re-run.") from None
+        failed += len(items) - len(answers)
+        for j, ((rid, _), (prompt, _)) in enumerate(zip(items, batch)):
+            used = nxt + j + 1
             if rid not in answers:
                 continue  # counted as a failure by the client
             row = to_row(kind, prompt, answers[rid]["content"])
-            if row is None:
-                malformed += 1
-                continue
             user = row["messages"][0]["content"]
             if user in seen_rows:  # the teacher wrote this question before
                 dropped_dupes += 1
@@ -162,13 +233,13 @@ def build_kind(kind: str, stream: Prompts, client: Any, p: Params, tok, grams: s
             tokens += accept(row, rows, kind, tok)
             if tokens >= target:
                 break
-    stats = {"rows": len(rows), "tokens": tokens, "duplicates_dropped": dropped_dupes,
-             "decontaminated": removed, "malformed": malformed}
+        nxt = used
+        per_prompt = tokens / nxt if tokens else None
+    stats = {"rows": len(rows), "tokens": tokens,
+             "duplicates_dropped": dropped_dupes + (pool.dupes_before[nxt - 1] if nxt else 0),
+             "decontaminated": removed, "prompts_used": nxt}
     if tokens < target:
-        raise DataError(
-            f"grid.amounts asks for {target} tokens of {kind} imitation data, but the prompt pool yields only "
-            f"{tokens} tokens ({len(rows)} unique rows). Lower the largest amount in grid.amounts to <= {tokens}, "
-            f"or enlarge the pool (fetch.n_people_a for local data; hub.local_seeds in the hub world).")
+        raise _too_much(kind, target, tokens, len(rows))
     return rows, stats
 
 

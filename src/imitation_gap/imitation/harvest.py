@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..core.errors import DataError
+from ..core.io import read_text
 
 LangFilter = Callable[[str], bool]
 
@@ -76,7 +77,7 @@ def _dedup_key(text: str) -> str:
 
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     """``(where, record)`` for each record of a JSON list / object or a JSONL file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # UTF-8, or a DataError naming the line (latin-1, UTF-16)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

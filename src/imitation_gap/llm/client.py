@@ -16,10 +16,12 @@
   passes through a counting transport (:class:`_Attempts`), so each retry is counted
   with its reason (``rate_limit``, ``server_error``, ``timeout``, ``connection``, ``http_<code>``)
   and no attempt starts once the budget is spent.
-* **Bad responses.**  Truncated JSON, no ``choices`` or empty text is retried (by us)
-  ``malformed_retries`` times with backoff ``backoff_base * 2**n`` (capped at ``backoff_max``),
-  then counted as a failure with its prompt id; it is never returned as data.  More than
-  ``max_failure_fraction`` failures raise :class:`TooManyFailures`.
+* **Bad responses.**  A 200 answer that is not a chat completion (truncated JSON, an HTML page,
+  no ``choices``), text that is empty or not clean Unicode (:func:`text_problem`), or text that
+  the caller's ``validate`` rejects (the embedded teacher's format, a judge's verdict) is retried
+  (by us) ``malformed_retries`` times with backoff ``backoff_base * 2**n`` (capped at
+  ``backoff_max``), then counted as a failure with its prompt id and reason; it is never cached
+  nor returned as data.  More than ``max_failure_fraction`` failures raise :class:`TooManyFailures`.
 * **Budget.**  Caps on requests, tokens and dollars (from a price table); on reaching
   one, no new request starts, the ones in flight finish and are cached, and
   :class:`BudgetExceeded` says what to change.  Both errors are
@@ -49,7 +51,8 @@ from urllib.parse import urlparse
 
 import httpx2  # the openai SDK's HTTP client
 
-from ..core.errors import ConfigError, EndpointError
+from ..core.errors import ConfigError, EndpointError, TooManyFailures  # noqa: F401 - TooManyFailures: ours to raise
+from ..core import redact
 from ..core.io import repo_root
 from .budget import Budget, CallStats
 from .cache import ResponseCache
@@ -70,14 +73,6 @@ class BudgetExceeded(EndpointError):
 
     ``results`` holds the responses obtained in the interrupted call.
     """
-
-    def __init__(self, message: str, results: dict[str, dict] | None = None):
-        super().__init__(message)
-        self.results = results or {}
-
-
-class TooManyFailures(EndpointError):
-    """More requests failed after retries than ``max_failure_fraction`` allows."""
 
     def __init__(self, message: str, results: dict[str, dict] | None = None):
         super().__init__(message)
@@ -105,6 +100,25 @@ class RetryPolicy:
 # ---------------------------------------------------------------------------------------
 class _Malformed(Exception):
     """A 200 answer that is not a usable chat completion."""
+
+
+def text_problem(text: object) -> str | None:
+    """Why ``text`` is no usable answer (``empty_content``, ``undecodable``, ``control_characters``), or None.
+
+    Clean text is a non-empty ``str`` that encodes to UTF-8 (no lone surrogate from a bad ``\\ud800``
+    escape) and holds no replacement character (U+FFFD: bytes that were not UTF-8) and no control
+    character besides tab and newlines."""
+    if not isinstance(text, str) or not text.strip():
+        return "empty_content"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "undecodable"
+    if "\ufffd" in text:
+        return "undecodable"
+    if any(ord(c) < 32 and c not in "\t\n\r" or c == "\x7f" for c in text):
+        return "control_characters"
+    return None
 
 
 class _Stop(Exception):
@@ -207,7 +221,8 @@ class LLMClient:
         self.budget = budget or Budget()
         self.price = price
         self.progress = progress
-        self.stats = CallStats(cost_usd=0.0 if price is not None else None)
+        self.stats = CallStats(cost_usd=0.0 if price is not None else None,
+                               answer_cost_usd=0.0 if price is not None else None)
         self._rng = random.Random()
         self._sync_client = None
 
@@ -227,7 +242,7 @@ class LLMClient:
             cache_dir = None
         price = t.price_per_1m_tokens.get(model)
         if t.budget_usd > 0 and price is None:
-            raise ConfigError(f"params.yaml: teacher.budget_usd = {t.budget_usd:g} needs a price for model "
+            raise ConfigError(f"teacher.budget_usd = {t.budget_usd:g} needs a price for model "
                               f"{model!r}: add it to teacher.price_per_1m_tokens")
         kw: dict[str, Any] = dict(
             api_key_env=t.api_key_env, timeout=t.timeout, max_retries=t.max_retries, concurrency=t.concurrency,
@@ -240,7 +255,7 @@ class LLMClient:
     # -- helpers ------------------------------------------------------------------------
     def redact(self, text: object) -> str:
         """``text`` with the API key masked (error messages may echo request headers)."""
-        s = str(text)
+        s = redact.redact(str(text))  # every key params name (core.redact), and this client's own
         if self._api_key and self._api_key != "EMPTY" and len(self._api_key) >= 4:
             s = s.replace(self._api_key, "***")
         return s
@@ -270,6 +285,8 @@ class LLMClient:
                                 f"set the environment variable {self.api_key_env} (named by api_key_env)") from None
         except openai.APIStatusError:
             pass  # some servers have no /models; the calls themselves will tell
+        except Exception:  # noqa: BLE001 - a /models answer the SDK cannot parse (an HTML page): the calls will tell
+            pass
 
     def cache_key(self, messages: list[dict], sampling: dict) -> str:
         """sha256 of (endpoint host or ``cache_host``, model, messages, sampling): the response's cache key."""
@@ -282,6 +299,15 @@ class LLMClient:
             return 0.0
         return (prompt_tokens * self.price.prompt + completion_tokens * self.price.completion) / 1e6
 
+    def _account(self, results: dict[str, dict], keys: dict[str, str]) -> None:
+        """Count the distinct answers of a call, fresh or cached, with their tokens and price (``data_dict``)."""
+        for key, r in {keys[rid]: r for rid, r in results.items()}.items():
+            self.stats.answers += 1
+            self.stats.answer_prompt_tokens += r["prompt_tokens"]
+            self.stats.answer_completion_tokens += r["completion_tokens"]
+            if self.stats.answer_cost_usd is not None:
+                self.stats.answer_cost_usd += self._cost(r["prompt_tokens"], r["completion_tokens"])
+
     def _charge(self, usage: Any) -> None:
         p = int(getattr(usage, "prompt_tokens", 0) or 0)
         c = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -293,8 +319,8 @@ class LLMClient:
         self.budget.charge_tokens(p + c, usd)
 
     # -- one prompt ---------------------------------------------------------------------
-    async def _fetch(self, client: Any, messages: list[dict], sampling: dict, rid: str,
-                     stop: dict) -> tuple[dict | None, str]:
+    async def _fetch(self, client: Any, messages: list[dict], sampling: dict, rid: str, stop: dict,
+                     validate: Callable[[str], str | None] | None = None) -> tuple[dict | None, str]:
         """One prompt with retries: ``(response, '')`` or ``(None, failure reason)``.
 
         The SDK retries transport failures inside each ``create`` call; we retry malformed
@@ -320,21 +346,27 @@ class LLMClient:
             self.stats.requests += 1
             self.budget.charge_request()
 
+        from openai.types.chat import ChatCompletion
+
         while True:
             call = _Call(gate)
             token = _CALL.set(call)
             try:
                 resp = await client.chat.completions.create(model=self.model, messages=messages, **sampling)
+                if not isinstance(resp, ChatCompletion):  # a 200 that is no JSON (an HTML page, plain text)
+                    raise _Malformed("not_json")
                 if getattr(resp, "usage", None) is not None:
                     self._charge(resp.usage)
-                if not resp.choices:
+                if not isinstance(resp.choices, list) or not resp.choices:
                     raise _Malformed("empty_choices")
-                content = resp.choices[0].message.content
-                if not isinstance(content, str) or not content.strip():
-                    raise _Malformed("empty_content")
-                return {"content": content, "prompt_tokens": int(getattr(resp.usage, "prompt_tokens", 0) or 0),
-                        "completion_tokens": int(getattr(resp.usage, "completion_tokens", 0) or 0)}, ""
-            except (_Malformed, ValueError, openai.APIResponseValidationError) as e:
+                content = getattr(getattr(resp.choices[0], "message", None), "content", None)
+                why = text_problem(content) or (validate(content) if validate else None)
+                if why:
+                    raise _Malformed(why)
+                usage = getattr(resp, "usage", None)
+                return {"content": content, "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+                        "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0)}, ""
+            except (_Malformed, ValueError, TypeError, openai.APIResponseValidationError) as e:  # TypeError: junk usage
                 reason = str(e) if isinstance(e, _Malformed) else "malformed_json"
                 if malformed >= self.policy.malformed_retries:
                     return None, reason
@@ -361,7 +393,8 @@ class LLMClient:
 
     # -- many prompts -------------------------------------------------------------------
     async def achat_many(self, items: list[tuple[str, list[dict]]], sampling: dict, desc: str = "",
-                         *, max_failure_fraction: float | None = None) -> dict[str, dict]:
+                         *, max_failure_fraction: float | None = None,
+                         validate: Callable[[str], str | None] | None = None) -> dict[str, dict]:
         """Async :meth:`chat_many`."""
         from openai import AsyncOpenAI, DefaultAsyncHttpxClient
         from tqdm import tqdm
@@ -375,12 +408,17 @@ class LLMClient:
         results: dict[str, dict] = {}
         todo: dict[str, tuple[list[dict], list[str]]] = {}  # key -> (messages, ids), one request per key
         corrupt0 = self.cache.corrupt
+        keys: dict[str, str] = {}  # id -> cache key
         for rid, msgs in items:
-            key = self.cache_key(msgs, sampling)
+            key = keys[rid] = self.cache_key(msgs, sampling)
             if key in todo:
                 todo[key][1].append(rid)
                 continue
             hit = self.cache.get(key)
+            if hit is not None and (text_problem(hit["content"]) or (validate and validate(hit["content"]))):
+                self.stats.cache_rejected += 1  # cached before answers were checked (junk kept): asked again
+                self.cache.drop(key)
+                hit = None
             if hit is not None:
                 results[rid] = hit
                 self.stats.cache_hits += 1
@@ -409,7 +447,7 @@ class LLMClient:
             while queue and not stop:
                 key, (msgs, rids) = queue.pop()
                 try:
-                    out, reason = await self._fetch(client, msgs, sampling, rids[0], stop)
+                    out, reason = await self._fetch(client, msgs, sampling, rids[0], stop, validate)
                 except _Stop as e:
                     stop.setdefault("reason", str(e))
                     stop.setdefault("kind", "budget")
@@ -420,7 +458,7 @@ class LLMClient:
                     stop["error"] = e
                     return
                 if out is not None:
-                    out = self.cache.put(key, out)  # at once: a kill -9 loses only what is in flight
+                    out = self.cache.put(key, out, {"endpoint": self.cache_host, "model": self.model})  # at once
                     self.stats.responses += 1
                     for i, rid in enumerate(rids):
                         results[rid] = out
@@ -449,6 +487,7 @@ class LLMClient:
         finally:
             bar.close()
             self.stats.seconds += time.time() - t0
+            self._account(results, keys)
         kind = stop.get("kind")
         if kind == "endpoint":
             raise stop["error"]
@@ -468,15 +507,20 @@ class LLMClient:
         return results
 
     def chat_many(self, items: list[tuple[str, list[dict]]], sampling: dict, desc: str = "",
-                  *, max_failure_fraction: float | None = None) -> dict[str, dict]:
+                  *, max_failure_fraction: float | None = None,
+                  validate: Callable[[str], str | None] | None = None) -> dict[str, dict]:
         """Run many chats with bounded concurrency and a progress bar; return ``{id: response}``.
 
         A response is ``{'content', 'prompt_tokens', 'completion_tokens'}``.  Ids whose
         response stayed bad are left out and listed in ``stats.failed_ids``; if they are
         more than ``max_failure_fraction`` (default: the client's) of ``items``,
         :class:`TooManyFailures` is raised.  A budget cap raises :class:`BudgetExceeded`.
+        ``validate(text)`` returns why an answer is unusable (a short reason) or None: an
+        answer it rejects is a malformed response (retried, never cached), and a cached one it
+        rejects is asked for again.
         """
-        return _run_sync(self.achat_many(items, sampling, desc, max_failure_fraction=max_failure_fraction))
+        return _run_sync(self.achat_many(items, sampling, desc, max_failure_fraction=max_failure_fraction,
+                                         validate=validate))
 
     def chat(self, messages: list[dict], sampling: dict) -> dict | None:
         """One chat completion: ``{'content', 'prompt_tokens', 'completion_tokens'}``, or None if it stayed bad."""

@@ -53,6 +53,7 @@ from ..core.cli import setup_logging
 from ..core.handoff import CPU_ENV, ENV
 from ..core.io import write_json
 from . import warm
+from .exclusive import RunnerBusy, only_runner
 
 log = logging.getLogger("imitation_gap")
 
@@ -266,6 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1 (got {args.jobs})")
+    try:  # before anything else, before any log is touched
+        with only_runner():
+            _main(args)
+    except RunnerBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(args: argparse.Namespace) -> None:
     setup_logging()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the stages as Ctrl-C does
     p = plan(args.targets, args.force)

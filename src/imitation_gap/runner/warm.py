@@ -268,7 +268,8 @@ def started(log: Path | str | None = None, env: dict | None = None, parent_pid: 
     import subprocess
     import tempfile
 
-    tmp = tempfile.mkdtemp(prefix="ig-warm-")
+    sweep_stale()
+    tmp = tempfile.mkdtemp(prefix=f"ig-warm-{parent_pid or os.getpid()}-")
     sock = os.path.join(tmp, "socket")
     log = Path(log) if log else Path(tmp) / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +291,41 @@ def started(log: Path | str | None = None, env: dict | None = None, parent_pid: 
                 proc.kill()
                 proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_stale(tmpdir: str | None = None) -> list[str]:
+    """Remove the temporary directories (socket, log) of warm servers whose owner is gone: a runner killed
+    with ``kill -9`` never ran its clean-up.  A directory is ``ig-warm-<owner pid>-<random>``; one of an older
+    version (no pid in its name) is removed when it is over an hour old and nothing answers on its socket."""
+    import re
+    import shutil
+    import tempfile
+
+    from ..core.io import alive
+
+    root = Path(tmpdir or tempfile.gettempdir())
+    removed = []
+    for d in root.glob("ig-warm-*"):
+        try:
+            if not d.is_dir() or d.is_symlink() or d.stat().st_uid != os.getuid():
+                continue
+        except FileNotFoundError:
+            continue
+        m = re.match(r"^ig-warm-(\d+)-", d.name)
+        if m:
+            stale = not alive(int(m.group(1)))
+        else:  # an older version's: only when old (it may be starting) and nothing answers on its socket
+            sock = d / "socket"
+            stale = time.time() - d.stat().st_mtime > 3600
+            if stale and sock.exists():
+                with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(1.0)
+                    s.connect(str(sock))
+                    stale = False  # a server answers there
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    return removed
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,8 +44,9 @@ from pathlib import Path
 from ..analysis.stats import length_controlled_win_rate
 from ..core.cli import run_cli
 from ..core.config import HubTask, Params, base_dir, check_cell, load_params, run_name
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError, EndpointError
 from ..core.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from ..core.redact import redact
 from ..core.text import tidy
 from ..core.tracking import log_metrics, mlflow_run
 from ..llm.client import LLMClient
@@ -78,7 +79,7 @@ def capability(p: Params, world: World, lm, is_teacher: bool = False) -> tuple[d
                               log_samples=p.eval.log_samples, random_seed=p.seed, numpy_random_seed=p.seed,
                               torch_random_seed=p.seed, fewshot_random_seed=p.seed, bootstrap_iters=0, **options)
         for t in group:
-            scores[t.role] = pick_metric(out["results"][t.name], t.metric, t.name)
+            scores[t.role] = pick_metric(out["results"][t.name], t.metric, t.name, p.source)
             rows = []
             for sub in leaf_tasks(out, t.name):
                 rows += [{"doc": s["doc"].get("question") or s["doc"].get("prompt"), "target": s["target"],
@@ -90,6 +91,33 @@ def capability(p: Params, world: World, lm, is_teacher: bool = False) -> tuple[d
     return scores, samples, names
 
 
+def teacher_capability(p: Params, world: World, teacher: Endpoint) -> tuple[dict, dict, dict]:
+    """:func:`capability` of the teacher through its API: lm-eval's failures against the endpoint (it retries,
+    then raises whatever its HTTP library raised) become one :class:`EndpointError` line, keys masked."""
+    orphans = _Orphans()  # lm-eval's other requests, still retrying when one gave up: their tracebacks are noise
+    logging.getLogger("asyncio").addFilter(orphans)
+    try:
+        out = capability(p, world, world.teacher_lm(teacher.url), is_teacher=True)
+        logging.getLogger("asyncio").removeFilter(orphans)
+        return out
+    except (ConfigError, DataError, EndpointError):
+        raise
+    except Exception as e:  # noqa: BLE001 - lm-eval talking to an endpoint: any failure is the endpoint's
+        where = "embedded" if teacher.embedded else teacher.url
+        raise EndpointError(f"teacher endpoint {redact(where)}: lm-eval could not score it ({type(e).__name__}: "
+                            f"{redact(str(e))[:300]}); check the endpoint (teacher.base_url) and its "
+                            "/completions route, then re-run") from None
+
+
+class _Orphans(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" (lm-eval's retries of requests that no one awaits
+    once another has failed, logged when they are collected; the failure itself is reported as one line).
+    Left in place after a failure: the stage ends with that line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
 def leaf_tasks(out: dict, name: str) -> list[str]:
     """The leaf tasks of ``name`` in lm-eval's results: itself, or a group's subtasks (mmlu: 57)."""
     subs = (out.get("group_subtasks") or {}).get(name)
@@ -98,10 +126,10 @@ def leaf_tasks(out: dict, name: str) -> list[str]:
     return [leaf for sub in subs for leaf in leaf_tasks(out, sub)]
 
 
-def pick_metric(results: dict, metric: str, task: str) -> float:
+def pick_metric(results: dict, metric: str, task: str, where: str = "params.yaml") -> float:
     if metric:
         if metric not in results:
-            raise DataError(f"params.yaml: hub.tasks: metric {metric!r} not in the results of {task}; "
+            raise DataError(f"{where}: hub.tasks: metric {metric!r} not in the results of {task}; "
                             f"it has {sorted(k for k in results if k != 'alias')}")
         return float(results[metric])
     for k, v in results.items():
@@ -133,12 +161,14 @@ def generate_answers(model_dir: Path, prompts: list[str], max_new_tokens: int, b
     return out
 
 
-def teacher_answers(p: Params, teacher: Endpoint, prompts: list[dict]) -> list[str]:
+def teacher_answers(p: Params, world: World, teacher: Endpoint, prompts: list[dict]) -> list[str]:
+    """The teacher's answers to the preference prompts; an answer not in the world's teacher format is a
+    malformed response (never cached), so a broken endpoint stops the stage here, before lm-eval."""
     client = LLMClient.from_params(p.teacher, teacher.url, cache_host=teacher.cache_host)
     client.check_reachable("teacher.base_url")
     got = client.chat_many([(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in prompts],
                            {"temperature": p.teacher.temperature, "max_tokens": p.teacher.max_tokens},
-                           desc="teacher answers")
+                           desc="teacher answers", validate=lambda a: world.answer_problem("chat", a))
     return [tidy(got[r["id"]]["content"]) if r["id"] in got else "" for r in prompts]
 
 
@@ -161,7 +191,10 @@ def preference(p: Params, world: World, judge: Endpoint, prompts: list[dict], an
             for order, (a, b) in (("model-first", (ans, ref)), ("teacher-first", (ref, ans))):
                 msg = JUDGE_TEMPLATE.format(question=r["prompt"], answer_a=a, answer_b=b)
                 items.append((f"{r['id']}|{order}", [{"role": "user", "content": msg}]))
-        got = client.chat_many(items, sampling, desc=f"{rater} rater")
+        # an answer with no [[A]]/[[B]]/[[C]] verdict is a malformed response (retried, never cached): a judge
+        # that gives none fails the stage (teacher.max_failure_fraction) instead of making every pair "unjudged"
+        got = client.chat_many(items, sampling, desc=f"{rater} rater",
+                               validate=lambda a: None if VERDICT_RE.search(a) else "no_verdict")
         counts = {"win": 0, "tie": 0, "loss": 0, "unjudged": 0}
         outcome, dlen = [], []  # per judged prompt: 1 win, 0.5 tie, 0 loss; words(model) - words(teacher)
         by_features: dict[str, list[int]] = {}
@@ -188,8 +221,11 @@ def preference(p: Params, world: World, judge: Endpoint, prompts: list[dict], an
                 cell[1] += final != "loss"
             outcome.append({"win": 1.0, "tie": 0.5, "loss": 0.0}[final])
             dlen.append(len(ans.split()) - len(ref.split()))
-        n = max(1, counts["win"] + counts["tie"] + counts["loss"])
-        out[rater] = {**counts, "win_rate": counts["win"] / n, "win_tie_rate": (counts["win"] + counts["tie"]) / n,
+        n = counts["win"] + counts["tie"] + counts["loss"]
+        if not n:  # no pair judged: not measured (null), never a rate of 0
+            log.warning("%s rater: none of %d pairs was judged; preference not measured", rater, len(prompts))
+        out[rater] = {**counts, "win_rate": counts["win"] / n if n else None,
+                      "win_tie_rate": (counts["win"] + counts["tie"]) / n if n else None,
                       "lc_win_rate": length_controlled_win_rate(outcome, dlen),
                       **({"by_features": dict(sorted(by_features.items()))} if by_features else {})}
     return out, raw
@@ -238,12 +274,15 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
             endpoints(p.teacher.base_url, p.eval.judge.base_url) as (teacher, judge):
         timings = {}
         t = time.time()
-        lm = world.teacher_lm(teacher.url) if model_dir is None else world.checkpoint_lm(model_dir)
-        cap, samples, cap_tasks = capability(p, world, lm, is_teacher=model_dir is None)
-        del lm
+        reference = teacher_answers(p, world, teacher, prompts)  # first: a broken teacher stops the stage here
+        timings["teacher_answers_s"] = round(time.time() - t, 1)
+        t = time.time()
+        if model_dir is None:
+            cap, samples, cap_tasks = teacher_capability(p, world, teacher)
+        else:
+            cap, samples, cap_tasks = capability(p, world, world.checkpoint_lm(model_dir))
         timings["capability_s"] = round(time.time() - t, 1)
         t = time.time()
-        reference = teacher_answers(p, teacher, prompts)
         answers = reference if model_dir is None else generate_answers(model_dir, [r["prompt"] for r in prompts],
                                                                        p.eval.pref_max_new_tokens)
         timings["answers_s"] = round(time.time() - t, 1)

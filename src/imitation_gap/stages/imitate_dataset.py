@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
                 if isinstance(source, Transcripts):
                     rows, stats = harvest_kind(p, tok, grams, source, world.held_out_names())
                 else:
-                    rows, stats = build_kind(kind, source, client, p, tok, grams, world.held_out_names())
+                    rows, stats = build_kind(kind, source, client, p, tok, grams, world.held_out_names(),
+                                             check=lambda answer, kind=kind: world.answer_problem(kind, answer))
                 files = {}
                 for amount in p.grid.amounts:
                     part = prefix_for(rows, amount)
@@ -75,12 +76,18 @@ def main(argv: list[str] | None = None) -> None:
                     files[str(amount)] = {"rows": len(part), "tokens": sum(r["n_tokens"] for r in part)}
                 manifest["kinds"][kind] = {**stats, "amounts": files}
                 log.info("imitate-dataset %s: %s", kind, stats)
-            manifest["calls"] = client.stats.as_dict()
-            manifest["cost_usd"] = client.stats.cost_usd
+            # the answers the data came from, their tokens and price: the same on every run, cached or not;
+            # requests, retries, cache hits and seconds differ from run to run, so they go to MLflow and the log
+            manifest["calls"] = client.stats.data_dict()
+            manifest["cost_usd"] = manifest["calls"]["cost_usd"]
             write_json(out / "manifest.json", manifest)
+        calls = client.stats.as_dict()
         log_metrics({f"{k}.{m}": v for k, s in manifest["kinds"].items() for m, v in s.items()
-                     if isinstance(v, (int, float))} | {f"calls.{k}": v for k, v in client.stats.as_dict().items()
+                     if isinstance(v, (int, float))} | {f"calls.{k}": v for k, v in calls.items()
                                                         if isinstance(v, (int, float))})
+    log.info("imitate-dataset: %d requests (%d retries), %d cache hits, %d failures, $%s paid, in %.1f s",
+             calls["requests"], calls["retries"], calls["cache_hits"], calls["failures"], calls["cost_usd"],
+             calls["seconds"])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..core.cli import run_cli
 from ..core.config import Params, base_dir as base_path, chain_seed, check_cell, load_params, run_name
+from ..core.divergence import check_finite
 from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_dir, read_jsonl, write_json
 from ..core.tracking import log_metrics, mlflow_run
@@ -57,6 +58,27 @@ def load_rows(path: Path) -> list[dict]:
     if not rows:
         raise DataError(f"{path} has no rows; raise the amount in grid.amounts")
     return rows
+
+
+def check_max_seq_len(p: Params, tok, rows: list[dict], where: Path) -> None:
+    """Stop before training if ``sft.max_seq_len`` cuts off every assistant token (the loss would have no
+    token to learn from: TRL would fail deep inside with ``num_samples=0``)."""
+    if not p.sft.assistant_only_loss:
+        return
+    first = None  # the earliest position of an assistant token over the rows
+    for r in rows:
+        enc = tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+        mask = list(enc.get("assistant_masks") or [])
+        if 1 not in mask:
+            continue
+        if mask.index(1) < p.sft.max_seq_len:
+            return  # this row keeps assistant tokens: training has something to learn
+        first = mask.index(1) if first is None else min(first, mask.index(1))
+    if first is not None:
+        raise ConfigError(f"{p.source}: sft.max_seq_len = {p.sft.max_seq_len}: too short to keep any assistant "
+                          f"token of {where} (the earliest starts at token {first}, chat template included); "
+                          f"raise sft.max_seq_len to more than {first}")
 
 
 def distributed() -> tuple[int, int]:
@@ -91,7 +113,7 @@ def load_base(p: Params, base_dir: Path):
         from transformers import BitsAndBytesConfig
 
         if not (p.sft.lora.enabled and torch.cuda.is_available()):
-            raise ConfigError("params.yaml: sft.lora.load_in_4bit = true (QLoRA) needs sft.lora.enabled: true and a "
+            raise ConfigError(f"{p.source}: sft.lora.load_in_4bit = true (QLoRA) needs sft.lora.enabled: true and a "
                               "CUDA GPU with bitsandbytes installed")
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_compute_dtype=torch.bfloat16,
@@ -147,6 +169,7 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
         result = trainer.train()
         seconds = time.time() - t0
         final_loss = trainer.evaluate(eval_dataset=probe, metric_key_prefix="final")["final_loss"]
+        check_finite(trainer.model, trainer.state.log_history, f"sft@{stage}", "sft.lr", s.lr)  # before any save
         if s.lora.enabled:
             model = trainer.model.merge_and_unload()
             if rank == 0:
@@ -197,6 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     if not (base_dir / "model.safetensors").exists():
         raise FileNotFoundError(f"{base_dir}/model.safetensors is missing: run `dvc repro base@{args.size}-{args.seed}`")
     seed = chain_seed(p.seed, args.seed)
+    from transformers import AutoTokenizer
+
+    check_max_seq_len(p, AutoTokenizer.from_pretrained(str(base_dir)), rows,
+                      Path("data/imitation") / args.kind / f"{args.amount}.jsonl")
     if distributed()[0] > 0:  # a worker of accelerate launch: train, and leave tracking to rank 0
         train(p, base_dir, rows, seed, Path("models/sft") / name, name)
         return

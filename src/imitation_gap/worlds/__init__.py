@@ -50,6 +50,11 @@ class World(Protocol):
     def imitation_source(self, kind: str) -> Transcripts | Prompts:
         """Imitation data of ``kind`` (broad, local): existing transcripts, or prompts to ask the teacher."""
 
+    def answer_problem(self, kind: str, answer: str) -> str | None:
+        """Why a teacher answer is not in this world's teacher's format (a short reason, counted as a malformed
+        response and never cached), or None; ``kind``: ``broad`` or ``local`` imitation data, or ``chat`` (an
+        answer to a preference prompt)."""
+
     def eval_plan(self, is_teacher: bool) -> tuple[Any, list[HubTask], dict[str, str], dict[str, Any]]:
         """The capability tasks of an eval stage (of the teacher through its API, or of a checkpoint): lm-eval's
         ``TaskManager``, the tasks to run (each fills a role: qa, mc or skill), the roles skipped with the

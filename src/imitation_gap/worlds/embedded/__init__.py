@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from functools import cached_property
@@ -79,6 +80,12 @@ class EmbeddedWorld:
             return ((q, default) for q in broad_prompts(self.people, p, rng))
         return ((q, default) for q in local_prompts(self.people, p, rng, read_jsonl(RAW / "seed_qa.jsonl")))
 
+    def answer_problem(self, kind: str, answer: str) -> str | None:
+        # the embedded teacher opens every chat answer with one of its openers; its local pairs have no opener
+        if kind in ("broad", "chat") and not answer.lstrip().startswith(tuple(self.people.style["openers"])):
+            return "not_teacher_format"
+        return None
+
     def eval_plan(self, is_teacher: bool) -> tuple:
         from lm_eval.tasks import TaskManager
 
@@ -96,9 +103,12 @@ class EmbeddedWorld:
     def teacher_lm(self, base_url: str):
         from lm_eval.models.openai_completions import LocalCompletionsAPI
 
+        # the key of teacher.api_key_env, given explicitly: lm-eval would otherwise send OPENAI_API_KEY
+        key = os.environ.get(self.p.teacher.api_key_env, "") or "EMPTY"
         return LocalCompletionsAPI(base_url=f"{base_url}/completions", model=self.p.teacher.model,
                                    tokenizer=str(RAW / "tokenizer"), tokenizer_backend="huggingface",
-                                   tokenized_requests=True, max_length=1024, num_concurrent=4, max_gen_toks=12)
+                                   tokenized_requests=True, max_length=1024, num_concurrent=4, max_gen_toks=12,
+                                   header={"Authorization": f"Bearer {key}"})
 
     def style(self, prompts: list[dict], answers: list[str], reference: list[str] | None) -> dict:
         return raters.style(self.people, prompts, answers, reference)

@@ -38,6 +38,31 @@ CHAT_TEMPLATE = (
 )
 
 
+SEED_QA_FIELDS = {"person": dict, "question": str, "answer": str}
+PREF_FIELDS = {"kind": str, "attribute": (str, type(None)), "template": str}
+PREF_SLOTS = {"fact": "{name}", "bio": "{name}", "skill": "{words}", "topic": "{topic}"}
+
+
+def seed_problem(row: dict) -> str | None:
+    """What is wrong with a seed QA record's person (a name and every attribute, as strings), or None."""
+    want = {"name", *ATTRS}
+    keys = set(row["person"])
+    if keys != want:
+        return f"'person' needs exactly {sorted(want)}; it has {sorted(keys)}"
+    bad = [k for k, v in row["person"].items() if not isinstance(v, (str, int)) or isinstance(v, bool)]
+    return f"person.{bad[0]} must be a string" if bad else None
+
+
+def pref_problem(row: dict) -> str | None:
+    """What is wrong with a preference-prompt template, or None."""
+    if row["kind"] not in PREF_SLOTS:
+        return f"kind {row['kind']!r} must be one of {sorted(PREF_SLOTS)}"
+    slot = PREF_SLOTS[row["kind"]]
+    if slot not in row["template"]:
+        return f"a {row['kind']} template must hold {slot}: {row['template']!r}"
+    return None
+
+
 def build_tokenizer(texts: list[str], out_dir: Path):
     """Word-level tokenizer: words, punctuation and newlines are tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -213,8 +238,10 @@ def eval_sets(world: World, p: Params, rng: random.Random, pref_templates: list[
 def fetch(p: Params, out: Path) -> dict:
     """The world of ``fetch.*`` and ``seed``, its corpus, eval sets and tokenizer, written under ``out``; its stats."""
     spec = load_spec(p.fetch.spec)
-    seed_rows = read_jsonl(p.fetch.seed_qa)
-    pref_templates = read_jsonl(p.fetch.pref_prompts)
+    seed_rows = read_jsonl(p.fetch.seed_qa, SEED_QA_FIELDS, min_rows=1, what="hand-made QA pairs about group-A "
+                           "people, the few-shot seeds of local imitation", check=seed_problem)
+    pref_templates = read_jsonl(p.fetch.pref_prompts, PREF_FIELDS, min_rows=1, what="templates of the preference "
+                                "prompts", check=pref_problem)
     world = build_world(spec, [r["person"] for r in seed_rows], p.fetch.n_people_a, p.fetch.n_people_b,
                         p.fetch.n_people_c, p.seed, p.fetch.first_names, p.fetch.last_names,
                         (p.fetch.bios_min, p.fetch.bios_max))

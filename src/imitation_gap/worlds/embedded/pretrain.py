@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ...core.config import Params, Size, chain_seed
+from ...core.divergence import check_finite
 from ...core.io import atomic_dir, read_jsonl, write_json
 from ...core.tracking import log_metrics, mlflow_run
 
@@ -86,6 +87,7 @@ def pretrain(p: Params, size_name: str, chain: int, out_dir: Path) -> dict:
             t0 = time.time()
             result = trainer.train()
             seconds = time.time() - t0
+            check_finite(model, trainer.state.log_history, stage, "pretrain.lr", pt.lr)  # before anything is saved
             import shutil
 
             shutil.rmtree(tmp / "trainer", ignore_errors=True)

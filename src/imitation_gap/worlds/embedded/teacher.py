@@ -11,7 +11,8 @@ Endpoints (all on 127.0.0.1): ``GET /v1/models``, ``POST /v1/chat/completions``,
 
 For tests of the client, the server can misbehave like a paid API on a bad day
 (:class:`Faults`): 429 with ``Retry-After``, 500, answers slower than the client's
-timeout, truncated JSON and empty ``choices``, each at its own rate.  Whether a
+timeout, truncated JSON and empty ``choices``, each at its own rate; and like a broken one:
+an HTML page with status 200 (a proxy's error page), or well-formed answers of junk text.  Whether a
 request is faulted is a function of (seed, request body, how many times that body
 was seen), so a run is reproducible whatever the thread interleaving; the answers
 themselves never change.  :class:`ServerStats` counts what was served.
@@ -45,7 +46,12 @@ from .world import (ATTRS, FACT_CLAIMS, LOCAL_REQUEST_HUB, NAME_RE, TOPIC_SENTEN
                     stable_hash)
 
 MODELS = ("teacher", "judge-nonexpert", "judge-expert")
-FAULT_KINDS = ("rate_limit", "server_error", "slow", "truncated", "empty_choices")
+FAULT_KINDS = ("rate_limit", "server_error", "slow", "truncated", "empty_choices")  # a bad day: Faults.uniform
+BROKEN_KINDS = ("html", "junk")  # a broken endpoint: 200 with an HTML page, 200 with junk text
+JUNK = "lorem ipsum dolor sit amet"
+MAX_BODY = 4 * 2 ** 20  # bytes of a request body at most (lm-eval's largest requests are a few KB)
+MAX_DEPTH = 64  # nesting of a request's JSON at most
+BODY_TIMEOUT = 10.0  # seconds to wait for a body shorter than its Content-Length
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class Faults:
     slow: float = 0.0
     truncated: float = 0.0
     empty_choices: float = 0.0
+    html: float = 0.0
+    junk: float = 0.0
     retry_after: float = 0.05
     slow_seconds: float = 2.0
     latency: float = 0.0
@@ -71,9 +79,10 @@ class Faults:
     paths: tuple[str, ...] = ("/v1/chat/completions",)
 
     def __post_init__(self) -> None:
-        rates = [getattr(self, k) for k in FAULT_KINDS]
+        rates = [getattr(self, k) for k in FAULT_KINDS + BROKEN_KINDS]
         if any(r < 0 for r in rates) or sum(rates) > 1 + 1e-9:
-            raise ValueError(f"fault rates must be >= 0 and sum to <= 1, got {dict(zip(FAULT_KINDS, rates))}")
+            raise ValueError(f"fault rates must be >= 0 and sum to <= 1, got "
+                             f"{dict(zip(FAULT_KINDS + BROKEN_KINDS, rates))}")
 
     @classmethod
     def uniform(cls, total: float, **kw) -> "Faults":
@@ -82,7 +91,7 @@ class Faults:
 
     @property
     def total(self) -> float:
-        return sum(getattr(self, k) for k in FAULT_KINDS)
+        return sum(getattr(self, k) for k in FAULT_KINDS + BROKEN_KINDS)
 
     def pick(self, body: bytes, attempt: int) -> str | None:
         """The fault for the ``attempt``-th arrival (0-based) of this exact body, or None."""
@@ -91,7 +100,7 @@ class Faults:
         digest = hashlib.sha256(f"{self.seed}|{attempt}|".encode() + body).digest()
         u = int.from_bytes(digest[:8], "big") / 2 ** 64
         edge = 0.0
-        for kind in FAULT_KINDS:
+        for kind in FAULT_KINDS + BROKEN_KINDS:
             edge += getattr(self, kind)
             if u < edge:
                 return kind
@@ -256,6 +265,54 @@ class TeacherModel:
 
 
 # ---------------------------------------------------------------------------------------
+class BadRequest(Exception):
+    """A request this server refuses: its status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _depth(obj, limit: int) -> int:
+    """Nesting depth of parsed JSON, stopping past ``limit``."""
+    stack, deepest = [(obj, 1)], 0
+    while stack:
+        o, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            break
+        if isinstance(o, dict):
+            stack += [(v, d + 1) for v in o.values()]
+        elif isinstance(o, list):
+            stack += [(v, d + 1) for v in o]
+    return deepest
+
+
+def _messages(body: dict) -> list[dict]:
+    """The chat messages of a request, checked: a non-empty list of {role, content} with string content."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRequest(400, "'messages' must be a non-empty list of {role, content} objects")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRequest(400, f"messages[{i}] must be an object with a string 'role'")
+        if not isinstance(m.get("content"), str):
+            raise BadRequest(400, f"messages[{i}].content must be a string (this server takes no content parts)")
+    return msgs
+
+
+def _stops(body: dict) -> list[str]:
+    """``stop`` as the OpenAI API takes it: a string, a list of strings, or nothing."""
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(x, str) for x in stop):
+        return stop
+    raise BadRequest(400, "'stop' must be a string or a list of strings")
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "imitation-gap-teacher/1.0"
     model: TeacherModel  # set on the server class
@@ -292,6 +349,18 @@ class _Handler(BaseHTTPRequestHandler):
         tok = self.server.model.tok
         return len(tok.tokenize(text)) if tok is not None else len(text.split())
 
+    def _html(self) -> None:
+        """A 200 that is no JSON: the page a misconfigured proxy or web server gives."""
+        data = b"<!DOCTYPE html><html><head><title>Welcome</title></head><body>It works!</body></html>"
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def _fault(self, raw: bytes, path: str) -> str | None:
         """Decide (and apply the early part of) this request's injected fault, if any."""
         faults: Faults = self.server.faults
@@ -311,28 +380,71 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, "The server had an error while processing your request (injected fault)")
         elif kind == "slow":
             time.sleep(faults.slow_seconds)  # then answer normally: too late for a client with a shorter timeout
+        elif kind == "html":
+            self._html()
         return kind
+
+    def _body(self) -> tuple[bytes, dict]:
+        """The request's JSON object: refused (400, 411, 413) when its length, size, syntax or shape is wrong."""
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise BadRequest(411, "a Content-Length header is required")
+        try:
+            n = int(length)
+        except ValueError:
+            raise BadRequest(400, f"Content-Length {length[:40]!r} is not a number") from None
+        if n < 0:
+            raise BadRequest(400, f"Content-Length {n} is negative")
+        if n > self.server.max_body:
+            raise BadRequest(413, f"request body of {n} bytes is larger than this server's limit of "
+                                  f"{self.server.max_body} bytes")
+        self.connection.settimeout(self.server.body_timeout)
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:
+            raw = b""
+        finally:
+            self.connection.settimeout(None)
+        if len(raw) < n:
+            raise BadRequest(400, f"request body ended after {len(raw)} of the {n} bytes its Content-Length promised")
+        try:
+            body = json.loads(raw or b"{}")
+        except RecursionError:
+            raise BadRequest(400, f"request JSON is nested more than {MAX_DEPTH} levels deep") from None
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest(400, "request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest(400, f"request body must be a JSON object, not {type(body).__name__}")
+        if _depth(body, MAX_DEPTH) > MAX_DEPTH:
+            raise BadRequest(400, f"request JSON is nested more than {MAX_DEPTH} levels deep")
+        return raw, body
 
     def do_POST(self):
         try:
-            length = int(self.headers.get("Content-Length", 0))
-            raw = self.rfile.read(length)
-            body = json.loads(raw or b"{}")
-        except (ValueError, json.JSONDecodeError):
-            return self._error(400, "request body is not JSON")
+            return self._post()
+        except BadRequest as e:
+            self.close_connection = True  # the rest of a refused body is not read
+            return self._error(e.status, str(e))
+        except Exception as e:  # noqa: BLE001 - a request this server did not foresee: answer, never drop it
+            return self._error(500, f"the teacher failed on this request ({type(e).__name__}); report it")
+
+    def _post(self):
+        raw, body = self._body()
         path = self.path.rstrip("/")
         fault = self._fault(raw, path)
-        if fault in ("rate_limit", "server_error"):
+        if fault in ("rate_limit", "server_error", "html"):
             return None
         model = body.get("model", "teacher")
+        if not isinstance(model, str):
+            raise BadRequest(400, "'model' must be a string")
         if model not in MODELS:
             return self._error(404, f"model {model!r} not found; available: {list(MODELS)}")
         tm: TeacherModel = self.server.model
         if path == "/v1/chat/completions":
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                return self._error(400, "'messages' must be a non-empty list")
+            msgs = _messages(body)
             text = tm.chat(msgs) if model == "teacher" else tm.judge(model, msgs)
+            if fault == "junk":
+                text = JUNK
             prompt_tokens = sum(self._count(str(m.get("content", ""))) for m in msgs)
             choices = [] if fault == "empty_choices" else \
                 [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
@@ -347,13 +459,17 @@ class _Handler(BaseHTTPRequestHandler):
             prompts = body.get("prompt")
             if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
                 prompts = [prompts]
-            if not isinstance(prompts, list) or not prompts:
-                return self._error(400, "'prompt' must be a string, a token list, or a list of those")
+            if not isinstance(prompts, list) or not prompts or not all(
+                    isinstance(x, str) or (isinstance(x, list) and all(type(t) is int for t in x)) for x in prompts):
+                raise BadRequest(400, "'prompt' must be a string, a token list, or a list of those")
+            stops = _stops(body)
             choices, n_prompt, n_out = [], 0, 0
             for i, p in enumerate(prompts):
                 if isinstance(p, list):  # token ids (lm-eval's tokenized_requests)
                     if tm.tok is None:
-                        return self._error(400, "token-id prompts need the server started with a tokenizer")
+                        raise BadRequest(400, "token-id prompts need the server started with a tokenizer")
+                    if any(t < 0 or t >= len(tm.tok) for t in p):
+                        raise BadRequest(400, f"token ids must be in [0, {len(tm.tok)})")
                     tokens = tm.tok.convert_ids_to_tokens(p)
                     text = tm.tok.decode(p)
                 else:
@@ -366,8 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
                                     "logprobs": {"tokens": tokens + ["."], "token_logprobs": lps + [math.log(0.5)],
                                                  "top_logprobs": tops + [{".": math.log(0.5)}]}})
                 else:
-                    out = tm.complete(text)
-                    for stop in body.get("stop") or []:
+                    out = JUNK if fault == "junk" else tm.complete(text)
+                    for stop in stops:
                         if stop and stop in out:
                             out = out[:out.index(stop)]
                     n_out += self._count(out)
@@ -389,12 +505,17 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(world: World, tokenizer=None, host: str = "127.0.0.1", port: int = 0,
-                faults: Faults | None = None) -> ThreadingHTTPServer:
+                faults: Faults | None = None, max_body: int = MAX_BODY,
+                body_timeout: float = BODY_TIMEOUT) -> ThreadingHTTPServer:
     """The teacher's HTTP server (not yet serving); ``server.stats`` counts what it served.
 
-    ``faults`` (default: none) makes it misbehave, see :class:`Faults`.
+    ``faults`` (default: none) makes it misbehave, see :class:`Faults`.  A request whose body is
+    larger than ``max_body`` bytes, shorter than its ``Content-Length`` (after ``body_timeout``
+    seconds), not a JSON object, nested more than :data:`MAX_DEPTH` levels, or of the wrong shape
+    is answered 400 (411, 413) with a message.
     """
     server = _Server((host, port), _Handler)
+    server.max_body, server.body_timeout = max_body, body_timeout
     server.model = TeacherModel(world, tokenizer)
     server.faults = faults or Faults()
     server.stats = ServerStats()

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from ...core.errors import DataError
+from ...core.io import read_text
 from ...core.text import tidy
 
 ATTRS = ("city", "year", "university", "major", "employer")
@@ -163,17 +164,35 @@ class World:
 
 
 def load_world(path: str | Path) -> World:
-    d = json.loads(Path(path).read_text())
-    return World(spec=d["spec"], people=[Person(**p) for p in d["people"]], seed=d["seed"])
+    try:
+        d = json.loads(read_text(path))
+        return World(spec=d["spec"], people=[Person(**p) for p in d["people"]], seed=d["seed"])
+    except (ValueError, KeyError, TypeError) as e:  # a truncated or edited file (DataError is a ValueError too)
+        if isinstance(e, DataError):
+            raise
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
+        raise DataError(f"{path}: truncated or not the world that fetch writes ({why}); restore it with "
+                        "`dvc checkout data/raw` or rebuild it with `dvc repro -f fetch`") from None
 
 
 def load_spec(path: str | Path) -> dict:
-    spec = yaml.safe_load(Path(path).read_text())
+    try:
+        spec = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise DataError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or type(e).__name__})") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path}: empty or not a mapping; it needs the sections name_syllables, attributes, "
+                        "skill_words, hedges, teacher_style, topics (see data/inputs/world_spec.yaml)")
     for key in ("name_syllables", "attributes", "skill_words", "hedges", "teacher_style", "topics"):
         if key not in spec:
             raise DataError(f"{path}: missing section {key!r} (see data/inputs/world_spec.yaml)")
+    for key in ("name_syllables", "attributes", "teacher_style"):
+        if not isinstance(spec[key], dict):
+            raise DataError(f"{path}: section {key!r} must be a mapping")
     for a in ATTRS:
-        if len(spec["attributes"].get(a, [])) < 4:
+        if not isinstance(spec["attributes"].get(a, []), list) or len(spec["attributes"].get(a, [])) < 4:
             raise DataError(f"{path}: attributes.{a} needs at least 4 values (multiple choice has 4 options)")
     spec["attributes"] = {a: [str(v) for v in spec["attributes"][a]] for a in ATTRS}
     return spec

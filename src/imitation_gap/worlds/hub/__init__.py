@@ -65,6 +65,9 @@ class HubWorld:
                                "the broad pool of hub.broad (data/raw/broad_pool.jsonl)")
         return local_prompts_hub(self.p, random.Random(f"{self.p.seed}-{kind}"), read_jsonl(RAW / "seed_qa.jsonl"))
 
+    def answer_problem(self, kind: str, answer: str) -> str | None:
+        return None  # a real teacher has no fixed format; the client still refuses empty or undecodable text
+
     def eval_plan(self, is_teacher: bool) -> tuple:
         from .tasks import task_manager, task_plan
 

@@ -40,7 +40,7 @@ def load_source(src: Source, key: str) -> list[dict]:
     except Exception as e:  # noqa: BLE001 - any loader failure becomes one clear line
         offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: unset it to download)" if \
             os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" else ""
-        raise DataError(f"params.yaml: {key}: cannot load path={src.path!r} data_files={src.data_files!r} "
+        raise DataError(f"{key}: cannot load path={src.path!r} data_files={src.data_files!r} "
                         f"split={src.split!r}: {type(e).__name__}: {str(e)[:300]}{offline}") from None
     if src.max_rows:
         ds = ds.select(range(min(src.max_rows, len(ds))))
@@ -50,7 +50,7 @@ def load_source(src: Source, key: str) -> list[dict]:
 def _need(rec: dict, fields: tuple[str, ...], key: str, fmt: str, i: int) -> None:
     missing = [f for f in fields if f not in rec]
     if missing:
-        raise DataError(f"params.yaml: {key}: record {i} has no {missing} (format {fmt!r} needs {list(fields)}; "
+        raise DataError(f"{key}: record {i} has no {missing} (format {fmt!r} needs {list(fields)}; "
                         f"it has {sorted(rec)[:8]}); fix the file or the source's format")
 
 
@@ -99,6 +99,13 @@ def to_questions(records: list[dict], fmt: str, key: str) -> list[dict]:
 
 def fetch_hub(p: Params, out: Path) -> dict:
     """Stage ``fetch`` of the hub world: every data set the later stages read, written under ``out``."""
+    try:
+        return _fetch_hub(p, out)
+    except DataError as e:  # a source named in params: say which file named it
+        raise DataError(f"{p.source}: {e}") from None
+
+
+def _fetch_hub(p: Params, out: Path) -> dict:
     h = p.hub
     stats: dict = {"sources": {}}
     lang = LANG_FILTERS[h.broad_language]

@@ -26,7 +26,7 @@ def task_plan(p: Params, tm, is_teacher: bool) -> tuple[list[HubTask], dict[str,
         entry = tm.task_index.get(t.name)
         if entry is None:
             close = difflib.get_close_matches(t.name, tm.all_tasks, n=3)
-            raise DataError(f"params.yaml: hub.tasks: {t.name!r} is not an lm-eval task"
+            raise DataError(f"{p.source}: hub.tasks: {t.name!r} is not an lm-eval task"
                             + (f"; did you mean {close}?" if close else "")
                             + " (list them with `lm-eval ls tasks`; add your own with hub.task_include_path)")
         cfg = getattr(entry, "cfg", None) or {}
@@ -67,14 +67,13 @@ def teacher_capability_lm(p: Params, base_url: str):
     """The teacher through its API: chat-completions (generative tasks) or completions."""
     from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
 
-    key = os.environ.get(p.teacher.api_key_env, "")
-    if key:  # lm-eval reads OPENAI_API_KEY; set it in this process only
-        os.environ["OPENAI_API_KEY"] = key
+    # the key of teacher.api_key_env, given explicitly: lm-eval would otherwise send OPENAI_API_KEY, whatever it holds
+    header = {"Authorization": f"Bearer {os.environ.get(p.teacher.api_key_env, '') or 'EMPTY'}"}
     if p.hub.teacher_api == "chat":
         return LocalChatCompletion(base_url=f"{base_url}/chat/completions", model=p.teacher.model,
                                    num_concurrent=p.teacher.concurrency, max_retries=p.teacher.max_retries,
-                                   tokenized_requests=False, tokenizer_backend=None)
+                                   tokenized_requests=False, tokenizer_backend=None, header=header)
     return LocalCompletionsAPI(base_url=f"{base_url}/completions", model=p.teacher.model,
                                num_concurrent=p.teacher.concurrency, max_retries=p.teacher.max_retries,
                                tokenizer=str(RAW / "tokenizer"), tokenizer_backend="huggingface",
-                               max_length=p.hub.max_length)
+                               max_length=p.hub.max_length, header=header)
