@@ -98,6 +98,9 @@ def build(p: Params) -> dict:
                "findings": {f["id"]: f["verdict"] for f in finds},
                "headline": headline(p, agg)}
     write_json("metrics/summary.json", finite(summary))
+    # the same bytes in the cached plots/: `dvc push` sends them, so the run cache can restore the git-tracked
+    # metrics/summary.json (cache: false) in another clone, as for eval/<run>/metrics.json (docs/cluster.md)
+    write_json("plots/summary.json", finite(summary))
     write_text_atomic("REPORT.md", render(p, agg, gaps, finds, figs, exs))
     return summary
 
