@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                     files[str(amount)] = {"rows": len(part), "tokens": sum(r["n_tokens"] for r in part)}
                 manifest["kinds"][kind] = {**stats, "amounts": files}
                 log.info("imitate-dataset %s: %s", kind, stats)
-            manifest["calls"] = client.stats.as_dict()
+            # no wall seconds in a DVC output (run-to-run noise: the same inputs gave another hash); MLflow has them
+            manifest["calls"] = {k: v for k, v in client.stats.as_dict().items() if k != "seconds"}
             manifest["cost_usd"] = client.stats.cost_usd
             write_json(out / "manifest.json", manifest)
         log_metrics({f"{k}.{m}": v for k, s in manifest["kinds"].items() for m, v in s.items()
