@@ -93,8 +93,11 @@ def _run_logged(cmd: list[str], cwd: str | Path, env: dict, log: io.TextIOBase, 
                             preexec_fn=_die_with_parent)
     if pgid_file is not None:
         pgid_file.write_text(str(proc.pid))
+    t0 = time.time()
     try:
-        return proc.wait()
+        code = proc.wait()
+        log.write(f"  ({time.time() - t0:.1f} s, exit {code})\n")
+        return code
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -152,6 +155,30 @@ def _slot(workdir: Path):
         return
 
 
+def _warm_server(slot: Path, env: dict, log: Path) -> str:
+    """A warm server (:mod:`imitation_gap.runner.warm`) for this clone's code: started with its src/ on
+    PYTHONPATH and the stage's environment, it lives while this Ray worker process does, and refuses (the
+    command then runs cold) once a file of that code changes.  Returns its socket."""
+    import hashlib
+
+    sock = Path(tempfile.gettempdir()) / f"ig-ray-warm-{hashlib.sha1(str(slot).encode()).hexdigest()[:12]}.sock"
+    pidf = sock.with_suffix(".pid")
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pidf.read_text()), 0)
+        if sock.exists():
+            return str(sock)
+    sock.unlink(missing_ok=True)
+    with open(log, "a") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "imitation_gap.runner.warm", "--socket", str(sock),
+                                 "--parent-pid", str(os.getpid())], cwd=slot, env=env | {"IMITATION_GAP_WARM": ""},
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    pidf.write_text(str(proc.pid))
+    deadline = time.time() + 10  # it binds the socket before importing: commands wait in its backlog
+    while not sock.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    return str(sock) if sock.exists() else ""
+
+
 def clone_task(name: str, commit: str, url: str, tar: bytes, deleted: list[str], force: bool,
                passenv: dict, pulls: list[str]) -> dict:
     """On a worker, without a shared filesystem: clone, lay the driver's files over it, run, push."""
@@ -166,7 +193,8 @@ def clone_task(name: str, commit: str, url: str, tar: bytes, deleted: list[str],
             steps.append(["git", "clone", "-q", "--no-checkout", url, str(slot)])
         steps += [["git", "-C", str(slot), "fetch", "-q", url, "+refs/heads/*:refs/remotes/origin/*"],
                   ["git", "-C", str(slot), "checkout", "-q", "-f", "--detach", commit],
-                  ["git", "-C", str(slot), "clean", "-q", "-f", "-d", "-x"]]
+                  # everything but the node's MLflow store and response cache: outputs come from the remote
+                  ["git", "-C", str(slot), "clean", "-q", "-f", "-d", "-x", "-e", "/mlflow.db", "-e", "/.cache/"]]
         code = 0
         for cmd in steps:
             code = _run_logged(cmd, workdir, git_env, log)
@@ -178,9 +206,10 @@ def clone_task(name: str, commit: str, url: str, tar: bytes, deleted: list[str],
                 t.extractall(slot, filter="data")
             for f in deleted:
                 (slot / f).unlink(missing_ok=True)
+            # the node's DVC cache, shared by its clones (the same as `dvc config --local cache.dir ...`)
+            (slot / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {workdir / 'dvc-cache'}\n")
             env = _stage_env(passenv | {"PYTHONPATH": str(slot / "src"), "IMITATION_GAP_WARM": ""})
-            code = _run_logged([sys.executable, "-m", "imitation_gap.runner.dvcrun", "config", "--local", "cache.dir",
-                                str(workdir / "dvc-cache")], slot, env, log)
+            env["IMITATION_GAP_WARM"] = _warm_server(slot, env, workdir / f"{slot.name}.warm.log")
         if not code and pulls:  # what the stage reads from upstream outputs beyond its deps
             code = _run_logged([sys.executable, "-m", "imitation_gap.runner.dvcrun", "pull", "-q", *pulls], slot, env,
                                log)

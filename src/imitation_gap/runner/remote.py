@@ -95,11 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["record"] and len(argv) == 4:
         record(*argv[1:])
-        from .backends import dvc_cmd
+        from . import dvcrun
 
-        cmd = dvc_cmd(argv[1])
-        sys.stdout.flush()
-        os.execv(cmd[0], cmd)  # DVC restores the stage from the run cache and writes dvc.lock
+        # DVC restores the stage from the run cache and writes dvc.lock (as `dvcrun --wait-for-lock repro ...`)
+        return dvcrun.main(["--wait-for-lock", "repro", "--single-item", argv[1]])
     print("usage: python -m imitation_gap.runner.remote push <stage> | record <stage> <key> <value>",
           file=sys.stderr)
     return 2

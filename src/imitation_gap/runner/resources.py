@@ -69,7 +69,9 @@ def load(path: str | Path = "params.yaml") -> dict:
     """The params as the stages see them (the hub recipe applied), as a plain mapping."""
     from ..core.config import resolve_raw
 
-    return resolve_raw(yaml.safe_load(Path(path).read_text()) or {})
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) if path.exists() else None
+    return resolve_raw(raw if isinstance(raw, dict) else {})
 
 
 def visible_gpus(arg: str | None) -> list[str]:
