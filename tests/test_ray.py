@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def with_suppress_kill(proc: subprocess.Popen) -> None:
 def cluster(netns, tmp_path_factory):
     """moto (S3), git daemon and a Ray head + two worker nodes, all inside the namespace."""
     tmp = tmp_path_factory.mktemp("ray")
+    # Ray's temp dirs hold Unix sockets (paths <= 107 bytes): short ones, not under pytest's long tmp path
+    short = Path(tempfile.mkdtemp(prefix="igray-", dir="/tmp"))
     ns = netns
     procs: list[subprocess.Popen] = []
     try:
@@ -126,7 +129,7 @@ def cluster(netns, tmp_path_factory):
         ray = str(BIN / "ray")
         common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
         head = _start(ns, [ray, "start", "--head", "--port", str(RAY_PORT), "--num-cpus", "0",
-                           "--include-dashboard=false", "--temp-dir", str(tmp / "head-tmp"), *common],
+                           "--include-dashboard=false", "--temp-dir", str(short / "h"), *common],
                       tmp / "head.log", RAY_ENV)
         procs.append(head)
         _wait_port(ns, RAY_PORT, head, "ray head")
@@ -134,7 +137,7 @@ def cluster(netns, tmp_path_factory):
         for w in ("w1", "w2"):
             (tmp / f"{w}-work").mkdir()
             workers[w] = _start(ns, [ray, "start", "--address", f"127.0.0.1:{RAY_PORT}", "--num-cpus", "1",
-                                     "--resources", json.dumps({w: 1}), "--temp-dir", str(tmp / f"{w}-tmp"), *common],
+                                     "--resources", json.dumps({w: 1}), "--temp-dir", str(short / w), *common],
                                 tmp / f"{w}.log",
                                 RAY_ENV | S3_ENV | {"IMITATION_GAP_RAY_WORKDIR": str(tmp / f"{w}-work")})
             procs.append(workers[w])
@@ -150,6 +153,7 @@ def cluster(netns, tmp_path_factory):
     finally:
         for p in reversed(procs):
             _stop(p)
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_every_node_is_on_loopback(cluster):

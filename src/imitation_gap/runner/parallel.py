@@ -228,8 +228,8 @@ def _downstream_of(p: Plan, stage: str, failed: str, blocked: set[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("targets", nargs="*", help="stages as for `dvc repro` (default: the whole pipeline)")
-    ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("REPRO_JOBS", "2")),
-                    help="stages at a time (default 2, or $REPRO_JOBS)")
+    ap.add_argument("-j", "--jobs", type=int, default=None,
+                    help="stages at a time (default 2, or $REPRO_JOBS; with --backend ray: as many as Ray places)")
     ap.add_argument("-f", "--force", action="store_true", help="run every stage, changed or not")
     ap.add_argument("-k", "--keep-going", action="store_true",
                     help="after a failure, go on with the stages that do not depend on it")
@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--git-remote", default="origin",
                     help="ray --workspace clone: the git remote (name or URL) the workers clone from (default origin)")
     args = ap.parse_args(argv)
+    explicit_jobs = args.jobs is not None
+    if args.jobs is None:
+        args.jobs = int(os.environ.get("REPRO_JOBS", "2"))
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1 (got {args.jobs})")
     setup_logging()
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.backend == "ray":
         from . import ray_backend
 
-        ray_jobs = args.jobs if "-j" in (argv or sys.argv) or "--jobs" in (argv or sys.argv) else len(p.order)
+        ray_jobs = args.jobs if explicit_jobs else len(p.order)  # Ray queues what does not fit its nodes
         log.info("parallel repro: %d stage(s) to run on Ray (%s workspace); logs in %s", len(p.order),
                  args.workspace, LOG_DIR)
         try:
