@@ -176,6 +176,16 @@ def ray_run(cluster):
     run(["git", "remote", "add", "origin", cluster["git"]], repo)
     run([*ns, "git", "push", "-q", "origin", "main"], repo)
     commit = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    # the local runner on the same commit, beside the Ray run (the cluster spends much of its time waiting);
+    # IG_RAY_SERIAL=1 runs it after, to time each alone
+    local = tmp / "local"
+    run(["git", "clone", "-q", str(repo), str(local)], tmp)
+    run(["dvc", "pull", "-q", "data.dvc"], local)
+    serial = os.environ.get("IG_RAY_SERIAL") == "1"
+    local_cmd = [sys.executable, "-m", "imitation_gap.runner.parallel", "-j", "2"]
+    t_local = time.time()
+    local_proc = None if serial else subprocess.Popen(local_cmd, cwd=local, env=env(), stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True)
     cmd = [*ns, sys.executable, "-m", "imitation_gap.runner.parallel", "--backend", "ray", "--address",
            f"127.0.0.1:{RAY_PORT}", "--workspace", "clone"]
     t0 = time.time()
@@ -196,10 +206,18 @@ def ray_run(cluster):
         time.sleep(0.2)
     out, err = driver.communicate(timeout=max(1, deadline - time.time()))
     TIMES["ray_run"] = time.time() - t0
+    if local_proc is None:
+        t_local = time.time()
+        local_proc = subprocess.Popen(local_cmd, cwd=local, env=env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    local_out = local_proc.communicate(timeout=600)[0]
+    assert local_proc.returncode == 0, local_out[-6000:]
+    TIMES["local_run"] = time.time() - t_local
     assert driver.returncode == 0, f"STDOUT:\n{out[-3000:]}\nSTDERR:\n{err[-6000:]}"
     assert killed or not kill, "the sft stage never started on a worker node"
     survivor = {"w1": "w2", "w2": "w1", None: None}[killed]
-    return {"repo": repo, "commit": commit, "stderr": err, "killed": killed, "survivor": survivor}
+    return {"repo": repo, "commit": commit, "stderr": err, "killed": killed, "survivor": survivor, "local": local,
+            "serial": serial}
 
 
 def test_ray_run_survives_a_lost_node_and_dvc_is_clean(cluster, ray_run):
@@ -221,14 +239,8 @@ def test_ray_run_survives_a_lost_node_and_dvc_is_clean(cluster, ray_run):
     assert set(stages) <= set(lock)  # (the copied dvc.lock also holds the full study's other stages)
 
 
-def test_ray_results_equal_the_local_runner_on_the_same_commit(ray_run, tmp_path):
-    local = tmp_path / "local"
-    run(["git", "clone", "-q", str(ray_run["repo"]), str(local)], tmp_path)
-    run(["git", "checkout", "-q", ray_run["commit"]], local)
-    run(["dvc", "pull", "-q", "data.dvc"], local)
-    t0 = time.time()
-    run([sys.executable, "-m", "imitation_gap.runner.parallel", "-j", "2"], local)
-    TIMES["local_run"] = time.time() - t0
+def test_ray_results_equal_the_local_runner_on_the_same_commit(ray_run):
+    local = ray_run["local"]
     ray_lock = yaml.safe_load((ray_run["repo"] / "dvc.lock").read_text())["stages"]
     local_lock = yaml.safe_load((local / "dvc.lock").read_text())["stages"]
     for name in json.loads((ray_run["repo"] / ".dvc/tmp/repro-logs/summary.json").read_text())["stages"]:
@@ -257,7 +269,7 @@ def test_fresh_clone_restores_every_stage_from_what_the_workers_pushed(cluster, 
     r = run([*ns, "dvc", "exp", "run", "--pull", "--allow-missing"], fresh, extra_env=S3_ENV)
     TIMES["restore"] = time.time() - t0
     assert "Running stage" not in r.stdout, r.stdout
-    stages = yaml.safe_load((ray_run["repo"] / "dvc.lock").read_text())["stages"]
+    stages = json.loads((ray_run["repo"] / ".dvc/tmp/repro-logs/summary.json").read_text())["stages"]
     for name in stages:
         assert f"Stage '{name}' is cached - skipping run" in r.stdout, (name, r.stdout)
     TIMES["restore_hits"] = r.stdout.count("is cached - skipping run")
@@ -266,14 +278,15 @@ def test_fresh_clone_restores_every_stage_from_what_the_workers_pushed(cluster, 
     assert not (fresh / "mlflow.db").exists(), "a stage ran (it logged to MLflow)"
 
 
-def test_ray_timings(ray_run, capsys):
-    """Not an assert on speed: the seconds, for docs/cluster.md and the closing note."""
-    with capsys.disabled():
-        print(f"\n[ray] tiny grid (8 stages) through Ray, 2 worker nodes x 1 CPU, "
-              f"{'one node killed mid-sft' if ray_run['killed'] else 'no node killed'}: "
-              f"{TIMES.get('ray_run', 0):.1f} s; local runner -j 2 (warm): {TIMES.get('local_run', 0):.1f} s; "
-              f"fresh clone, every stage restored from the run cache ({TIMES.get('restore_hits')} hits): "
-              f"{TIMES.get('restore', 0):.1f} s")
+def test_ray_timings(ray_run):
+    """Not an assert on speed: the seconds, for docs/cluster.md and the closing note (`pytest -rA` or `-s` shows
+    them)."""
+    print(f"[ray] tiny grid (8 stages) through Ray, 2 worker nodes x 1 CPU, "
+          f"{'one node killed mid-sft' if ray_run['killed'] else 'no node killed'}: "
+          f"{TIMES.get('ray_run', 0):.1f} s; local runner -j 2 (warm, "
+          f"{'after it' if ray_run['serial'] else 'beside it'}): {TIMES.get('local_run', 0):.1f} s; "
+          f"fresh clone, every stage restored from the run cache ({TIMES.get('restore_hits')} hits): "
+          f"{TIMES.get('restore', 0):.1f} s")
 
 
 def test_shared_workspace_runs_each_stage_on_a_worker_node(cluster, tmp_path):
