@@ -87,21 +87,17 @@ def _start(ns: list[str], cmd: list[str], log: Path, extra_env: dict | None = No
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with pytest.MonkeyPatch.context():
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                with_suppress_kill(proc)
-
-
-def with_suppress_kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=20)
+    """SIGTERM to the process group we started, then SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.fixture(scope="module")
