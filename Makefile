@@ -34,7 +34,7 @@ run: setup
 	@echo "Done: see REPORT.md, metrics/summary.json and plots/."
 
 # Two workers, one test file each at a time; the longest files start first.
-TEST_ORDER := tests/test_pipeline.py tests/test_sharing.py tests/test_hub.py tests
+TEST_ORDER := tests/test_ray.py tests/test_pipeline.py tests/test_sharing.py tests/test_hub.py tests
 test: setup
 	dvc pull -q data.dvc
 	$(PY) -m pytest -n 2 --dist loadfile $(TEST_ORDER)

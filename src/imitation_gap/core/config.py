@@ -238,6 +238,25 @@ class Vllm(_Section):
     gpu_memory_utilization: float = Field(gt=0, le=1)
 
 
+class HubSFT(_Section):
+    """The SFT recipe of ``world: hub``: these keys replace those of ``sft`` (docs/hub.md cites each value)."""
+
+    lr: PosFloat
+    epochs: PosFloat
+    batch_size: PosInt = Field(description="per device; the global batch is batch_size x sft.num_processes")
+    max_seq_len: int = Field(gt=8)
+    warmup_ratio: float
+    bf16: bool
+    gradient_checkpointing: bool
+
+
+class HubEval(_Section):
+    """The eval settings of ``world: hub``: these keys replace those of ``eval``."""
+
+    batch_size: PosInt
+    pref_max_new_tokens: PosInt
+
+
 class Hub(_Section):
     trust_remote_code: bool
     dtype: Dtype
@@ -260,6 +279,8 @@ class Hub(_Section):
     vllm: Vllm
     teacher_api: Literal["chat", "completions"] = Field(
         description="chat: chat-completions, generative tasks only; completions: also log-likelihood")
+    sft: HubSFT
+    eval: HubEval
 
 
 class Checks(_Section):
@@ -508,14 +529,37 @@ def resolve_world(p: Params) -> Params:
     """The effective params of the chosen world.
 
     In the hub world the teacher and the judge are the endpoints of ``hub.teacher`` /
-    ``hub.judge``; every stage then reads ``p.teacher`` and ``p.eval.judge`` alone, so
-    switching ``world`` is the only change a user makes.
+    ``hub.judge``, and the SFT and eval settings that depend on the model's scale come from the
+    hub recipe (``hub.sft``, ``hub.eval``: LLaMA-class values instead of the tiny models'); every
+    stage then reads ``p.teacher``, ``p.eval`` and ``p.sft`` alone, so switching ``world`` is the
+    only change a user makes (:func:`resolve_raw` does the same on the plain mapping).
     """
     if p.world != "hub":
         return p
     t = p.hub.teacher
     teacher = p.teacher.model_copy(update={"base_url": t.base_url, "model": t.model, "api_key_env": t.api_key_env})
-    return p.model_copy(update={"teacher": teacher, "eval": p.eval.model_copy(update={"judge": p.hub.judge})})
+    sft = p.sft.model_copy(update=dict(p.hub.sft))
+    ev = p.eval.model_copy(update={"judge": p.hub.judge, **dict(p.hub.eval)})
+    out = p.model_copy(update={"teacher": teacher, "eval": ev, "sft": sft})
+    out._raw = resolve_raw(p._raw) if p._raw else {}
+    return out
+
+
+def resolve_raw(raw: dict) -> dict:
+    """:func:`resolve_world` on the plain mapping of ``params.yaml`` (what the runner and MLflow see)."""
+    if raw.get("world") != "hub":
+        return raw
+    import copy
+
+    out = copy.deepcopy(raw)
+    hub = out.get("hub") or {}
+    for section in ("sft", "eval"):
+        out.setdefault(section, {}).update(copy.deepcopy(hub.get(section) or {}))
+    out["eval"]["judge"] = copy.deepcopy(hub.get("judge", out["eval"].get("judge")))
+    if hub.get("teacher"):
+        out.setdefault("teacher", {}).update({k: hub["teacher"][k] for k in ("base_url", "model", "api_key_env")
+                                              if k in hub["teacher"]})
+    return out
 
 
 # ---------------------------------------------------------------------------------------

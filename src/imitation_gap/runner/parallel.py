@@ -41,23 +41,20 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..core.cli import setup_logging
-from ..core.handoff import CPU_ENV, ENV
+from ..core.handoff import ENV
 from ..core.io import write_json
-from . import warm
+from . import resources, warm
+from .backends import LOG_DIR, LocalBackend, dvc_cmd, log_path, stop_groups  # noqa: F401 (the runner's API)
+from .resources import GpuPool, Needs
 from .exclusive import RunnerBusy, only_runner
 
 log = logging.getLogger("imitation_gap")
-
-LOG_DIR = Path(".dvc/tmp/repro-logs")
 
 
 @dataclass
@@ -105,21 +102,6 @@ def plan(targets: list[str], force: bool = False) -> Plan:
     return Plan(order, needs, prio)
 
 
-def log_path(stage: str) -> Path:
-    return LOG_DIR / (re.sub(r"[^A-Za-z0-9@._-]+", "_", stage) + ".log")
-
-
-def dvc_cmd(stage: str, force: bool) -> list[str]:
-    """``dvc repro --single-item <stage>``, through :mod:`imitation_gap.runner.dvcrun` (DVC's CLI; the same
-    dvc.lock, with a comment-free lock parsed by libyaml instead of ruamel's pure-Python loader)."""
-    return [sys.executable, "-m", "imitation_gap.runner.dvcrun", "--wait-for-lock", "repro", "--single-item",
-            *(["--force"] if force else []), stage]
-
-
-def cpu_file(stage: str) -> Path:
-    return log_path(stage).with_suffix(".cpu")
-
-
 @contextlib.contextmanager
 def warm_server(enabled: bool):
     """Start the warm server (:mod:`imitation_gap.runner.warm`); yield the environment for stage commands."""
@@ -138,14 +120,23 @@ def warm_server(enabled: bool):
         yield dict(os.environ) | srv.env()
 
 
-def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: dict | None = None) -> int:
+def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: dict | None = None,
+        backend=None, needs: dict[str, Needs] | None = None, gpus: GpuPool | None = None,
+        cpus: int | None = None) -> int:
+    """Run the plan: a stage starts once its upstream stages are done, with at most ``jobs`` at a time,
+    never more GPUs than ``gpus`` holds (each stage its own, in CUDA_VISIBLE_DEVICES) nor more CPU
+    threads than ``cpus`` (a stage that alone needs more still runs, alone)."""
     from tqdm import tqdm
 
+    backend = backend or LocalBackend(force)
+    needs = needs or {}
+    gpus = gpus if gpus is not None else GpuPool([])
+    cpus = cpus or os.cpu_count() or 1
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
     failed: list[str] = []
     blocked: set[str] = set()
-    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    running: dict[str, tuple] = {}  # name -> (job, its GPUs, its CPU threads)
     pending = list(p.order)
     t_start = time.time()
     counts = {"ran": 0, "unchanged": 0}
@@ -157,16 +148,19 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
         while pending or running:
             stop = failed and not keep_going
             ready = [] if stop else sorted((n for n in pending if p.needs[n] <= done), key=p.priority.get)
-            while ready and len(running) < jobs:
-                name = ready.pop(0)
+            for name in ready:  # in priority order; one that does not fit now waits, the next may fit
+                if len(running) >= jobs:
+                    break
+                need = needs.get(name, Needs())
+                used = sum(c for _, _, c in running.values())
+                if running and used + need.cpus > cpus:
+                    continue
+                got = gpus.take(need.gpus)
+                if got is None:
+                    continue
                 pending.remove(name)
-                fh = open(log_path(name), "w")
-                cpu_file(name).unlink(missing_ok=True)
-                # own process group: an interrupt of this runner is passed on to it below
-                proc = subprocess.Popen(dvc_cmd(name, force), stdout=fh, stderr=subprocess.STDOUT,
-                                        start_new_session=True,
-                                        env=(env or os.environ) | {CPU_ENV: str(cpu_file(name).resolve())})
-                running[name] = (proc, time.time(), fh)
+                job = backend.start(name, (env or dict(os.environ)) | gpus.env(got))
+                running[name] = (job, got, need.cpus)
             now = ", ".join(running) or "-"
             if now != shown:  # the stages running now
                 bar.set_postfix_str(now, refresh=True)
@@ -177,16 +171,16 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
                     pending.clear()
                 break
             time.sleep(0.2)
-            for name, (proc, t0, fh) in list(running.items()):
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # CPU of dvc and the stage's command
-                if pid == 0:
+            for name, (job, got, _) in list(running.items()):
+                res = backend.poll(job)
+                if res is None:
                     continue
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                fh.close()
+                code, cpu = res
                 del running[name]
-                secs = time.time() - t0
+                gpus.give_back(got)
+                secs = time.time() - job.t0
                 text = log_path(name).read_text(errors="replace")
-                if proc.returncode == 0:
+                if code == 0:
                     done.add(name)
                     state = "unchanged" if "didn't change, skipping" in text else "ran"
                     tqdm.write(f"{state:>9}  {name}  ({secs:.1f} s)", file=sys.stderr)
@@ -194,20 +188,16 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
                     state = "failed"
                     failed.append(name)
                     tail = "\n".join(text.splitlines()[-30:])
-                    tqdm.write(f"   FAILED  {name}  ({secs:.1f} s, exit {proc.returncode}); last lines of "
+                    tqdm.write(f"   FAILED  {name}  ({secs:.1f} s, exit {code}); last lines of "
                                f"{log_path(name)}:\n{tail}", file=sys.stderr)
                     pending = [n for n in pending if not _downstream_of(p, n, name, blocked)]
                 counts[state] = counts.get(state, 0) + 1
-                # CPU of dvc and the stage's command, plus that of the command's warm child if it had one
-                cpu = usage.ru_utime + usage.ru_stime
-                with contextlib.suppress(OSError, ValueError):
-                    cpu += sum(float(x) for x in cpu_file(name).read_text().split())
-                    cpu_file(name).unlink()
-                times[name] = {"state": state, "start_s": round(t0 - t_start, 2), "wall_s": round(secs, 2),
-                               "cpu_s": round(cpu, 2)}
+                times[name] = {"state": state, "start_s": round(job.t0 - t_start, 2), "wall_s": round(secs, 2),
+                               "cpu_s": round(cpu, 2), **({"gpus": ",".join(got)} if gpus else {}),
+                               **job.extra.get("summary", {})}
                 bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the running stages as Ctrl-C stops `dvc repro`
-        stop_groups([proc for proc, _, _ in running.values()])
+        backend.stop([job for job, _, _ in running.values()])
         for name in running:
             log.error("interrupted: %s stopped; run the same command again to resume", name)
         raise
@@ -215,8 +205,8 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
         bar.close()
     wall = time.time() - t_start
     mins = wall / 60
-    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "warm": bool(env and env.get(ENV)),
-                                          "wall_s": round(wall, 2), "stages": times,
+    write_json(LOG_DIR / "summary.json", {"jobs": jobs, "warm": bool(env and env.get(ENV)), "backend": backend.name,
+                                          "gpus": gpus.ids, "wall_s": round(wall, 2), "stages": times,
                                           "not_run": sorted(set(pending) | blocked)})
     log.info("parallel repro: %d stage(s) ran, %d unchanged, in %.1f min with %d job(s)",
              counts["ran"], counts["unchanged"], mins, jobs)
@@ -229,23 +219,6 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
     return 0
 
 
-def stop_groups(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
-    """SIGINT to each stage's process group (as Ctrl-C), then SIGTERM, then SIGKILL to what is still running.
-
-    A stage can miss the SIGINT: DVC ignores SIGINT while it runs a command, and a signal that lands
-    between that and the command's start reaches no one."""
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        alive = [p for p in procs if p.poll() is None]
-        if not alive:
-            return
-        for p in alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, sig)
-        deadline = time.time() + wait
-        while time.time() < deadline and any(p.poll() is None for p in alive):
-            time.sleep(0.1)
-
-
 def _downstream_of(p: Plan, stage: str, failed: str, blocked: set[str]) -> bool:
     if failed in p.needs[stage]:
         blocked.add(stage)
@@ -256,15 +229,33 @@ def _downstream_of(p: Plan, stage: str, failed: str, blocked: set[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("targets", nargs="*", help="stages as for `dvc repro` (default: the whole pipeline)")
-    ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("REPRO_JOBS", "2")),
-                    help="stages at a time (default 2, or $REPRO_JOBS)")
+    ap.add_argument("-j", "--jobs", type=int, default=None,
+                    help="stages at a time (default 2, or $REPRO_JOBS; with --backend ray: as many as Ray places)")
     ap.add_argument("-f", "--force", action="store_true", help="run every stage, changed or not")
     ap.add_argument("-k", "--keep-going", action="store_true",
                     help="after a failure, go on with the stages that do not depend on it")
     ap.add_argument("--no-warm", dest="warm", action="store_false",
                     default=os.environ.get("REPRO_WARM", "1") not in ("0", "false", "no"),
                     help="run each stage command cold, importing its libraries itself (or REPRO_WARM=0)")
+    ap.add_argument("--gpus", default=None,
+                    help="GPU ids to hand out, e.g. 0,1,2,3 ('none': CPU only); default: $CUDA_VISIBLE_DEVICES, "
+                         "else those nvidia-smi lists. Each stage gets its own (runner/resources.py)")
+    ap.add_argument("--cpus", type=int, default=None,
+                    help="CPU threads to share among the running stages (default: this machine's cores)")
+    ap.add_argument("--backend", choices=["local", "ray"], default=os.environ.get("REPRO_BACKEND", "local"),
+                    help="local: subprocesses here (default); ray: each stage a Ray task (docs/cluster.md)")
+    ap.add_argument("--address", default=None,
+                    help="Ray cluster address (default: $RAY_ADDRESS, else 'auto': a cluster started on this machine)")
+    ap.add_argument("--workspace", choices=["shared", "clone"], default="shared",
+                    help="ray: 'shared' = every node sees this repository at the same path (a shared filesystem); "
+                         "'clone' = no shared filesystem: workers clone this commit from --git-remote and "
+                         "exchange data through the DVC remote")
+    ap.add_argument("--git-remote", default="origin",
+                    help="ray --workspace clone: the git remote (name or URL) the workers clone from (default origin)")
     args = ap.parse_args(argv)
+    explicit_jobs = args.jobs is not None
+    if args.jobs is None:
+        args.jobs = int(os.environ.get("REPRO_JOBS", "2"))
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1 (got {args.jobs})")
     try:  # before anything else, before any log is touched
@@ -282,11 +273,39 @@ def _main(args: argparse.Namespace) -> None:
     if not p.order:
         log.info("parallel repro: nothing to run; every stage is up to date (`dvc status` is clean)")
         return
-    log.info("parallel repro: %d stage(s) to run, %d at a time; logs in %s", len(p.order), args.jobs, LOG_DIR)
+    params = resources.load()
+    needs = {n: resources.needs(n, params) for n in p.order}
+    if args.backend == "ray":
+        from . import ray_backend
+
+        ray_jobs = args.jobs if explicit_jobs else len(p.order)  # Ray queues what does not fit its nodes
+        log.info("parallel repro: %d stage(s) to run on Ray (%s workspace); logs in %s", len(p.order),
+                 args.workspace, LOG_DIR)
+        try:
+            with ray_backend.connected(args.address, args.workspace, args.git_remote, args.force, needs) as be:
+                code = run(p, ray_jobs, args.force, args.keep_going, dict(os.environ) | {ENV: ""}, backend=be,
+                           needs=needs, cpus=10**9)
+        except KeyboardInterrupt:
+            code = 130
+        except ray_backend.RayRunError as e:
+            log.error("%s", e)
+            code = 2
+        sys.exit(code)
+    pool = GpuPool(resources.visible_gpus(args.gpus))
+    if not pool:
+        needs = {n: Needs(0, nd.cpus) for n, nd in needs.items()}  # no GPU here: every stage on the CPU, as before
+    for n, nd in needs.items():
+        if not pool.fits(nd.gpus):
+            print(f"error: stage {n} needs {nd.gpus} GPUs and this runner has {len(pool.ids)} "
+                  f"({','.join(pool.ids)}); give it more with --gpus, or lower sft.num_processes / "
+                  "hub.vllm.tensor_parallel_size", file=sys.stderr)
+            sys.exit(2)
+    log.info("parallel repro: %d stage(s) to run, %d at a time%s; logs in %s", len(p.order), args.jobs,
+             f", GPUs {','.join(pool.ids)}" if pool else "", LOG_DIR)
     try:
         # the server's imports cost ~15 s of CPU once: worth it from a few Python stages on
         with warm_server(args.warm and len(p.order) >= 3) as env:
-            code = run(p, args.jobs, args.force, args.keep_going, env)
+            code = run(p, args.jobs, args.force, args.keep_going, env, needs=needs, gpus=pool, cpus=args.cpus)
     except KeyboardInterrupt:
         code = 130
     else:  # all CPU of this run: every dvc process, stage command, warm child and the warm server

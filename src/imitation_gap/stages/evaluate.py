@@ -300,6 +300,9 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
                    "n": {**{role: len(rows) for role, rows in samples.items()}, "pref": len(prompts)}}
         timings["total_s"] = round(time.time() - t0, 1)  # to MLflow only: the metrics file stays the same on a re-run
         with atomic_dir(Path("eval") / run) as out:
+            # the metrics' bytes also in this cached output: `dvc push` sends them, so DVC's run cache can
+            # restore metrics/runs/<run>.json (git-tracked, cache: false) in another clone (docs/cluster.md)
+            write_json(out / "metrics.json", metrics)
             write_jsonl(out / "answers.jsonl", [{"id": r["id"], "kind": r["kind"], "prompt": r["prompt"],
                                                  "answer": a, "teacher": ref}
                                                 for r, a, ref in zip(prompts, answers, reference)])

@@ -119,6 +119,9 @@ def build(p: Params) -> dict:
                "checks_detail": checks, "findings_detail": finds, "rater_rewards": paid,
                "headline": headline(p, agg)}
     write_json("metrics/summary.json", finite(summary))
+    # the same bytes in the cached plots/: `dvc push` sends them, so the run cache can restore the git-tracked
+    # metrics/summary.json (cache: false) in another clone, as for eval/<run>/metrics.json (docs/cluster.md)
+    write_json("plots/summary.json", finite(summary))
     write_text_atomic("REPORT.md", render(p, agg, gaps, checks, finds, paid, figs, exs))
     return summary
 
