@@ -419,14 +419,14 @@ def test_a_judge_that_gives_no_verdict_fails_the_stage_instead_of_a_zero_rate(wo
         r = stage(repo, tmp_path, ["imitation_gap.stages.evaluate", "--size", "S"],
                   {"eval": {"judge": {"base_url": url}}, "teacher": FAIL_FAST})
     one_line_exit_2(r, "judge", "no_verdict")  # was: 10 of 10 unjudged, written as win_tie_rate 0.0
-    assert not (repo / "metrics" / "runs" / "S-base.json").exists()
+    assert not (repo / "metrics" / "runs" / "S-base-s0.json").exists()
 
 
 def test_preference_with_no_pair_judged_is_not_measured(world_repo, tmp_path, monkeypatch):
     from imitation_gap.core.config import load_params
     from imitation_gap.core.io import read_jsonl
     from imitation_gap.stages.evaluate import preference
-    from imitation_gap.worlds import Endpoint
+    from imitation_gap.worlds import Endpoint, get_world
     from imitation_gap.worlds.embedded.world import load_world
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # its own response cache
@@ -435,7 +435,8 @@ def test_preference_with_no_pair_judged_is_not_measured(world_repo, tmp_path, mo
     prompts = read_jsonl(world_repo / "data" / "raw" / "eval" / "pref.jsonl")
     answers = ["Certainly! Fine."] * len(prompts)
     with serve(load_world(world_repo / "data" / "raw" / "world.json"), Faults(junk=1.0)) as (url, _):
-        out, _ = preference(p, Endpoint(url), prompts, answers, answers)
+        monkeypatch.chdir(world_repo)  # the embedded world reads its facts from data/raw
+        out, _ = preference(p, get_world(p), Endpoint(url), prompts, answers, answers)
     for rater in ("nonexpert", "expert"):
         assert out[rater]["unjudged"] == len(prompts)
         assert out[rater]["win_rate"] is None and out[rater]["win_tie_rate"] is None  # not 0.0

@@ -87,7 +87,7 @@ def pretrain(p: Params, size_name: str, chain: int, out_dir: Path) -> dict:
             t0 = time.time()
             result = trainer.train()
             seconds = time.time() - t0
-            check_finite(model, trainer.state.log_history, stage, "pretrain.lr", pt.lr)  # before anything is saved
+            check_finite(model, trainer.state.log_history, stage, f"sizes.{size_name}.lr", p.sizes[size_name].lr)  # before anything is saved
             import shutil
 
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
