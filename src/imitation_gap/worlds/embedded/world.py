@@ -50,12 +50,21 @@ CHAT_QUESTIONS = {
 # ChatGPT varied its questions when it wrote NQ-synthetic.
 MORE_QUESTIONS = {
     "city": ["What city was {name} born in?", "In which city was {name} born?",
-             "Which city is the birthplace of {name}?"],
-    "year": ["When was {name} born?", "What is the birth year of {name}?", "Which year was {name} born in?"],
+             "Which city is the birthplace of {name}?", "Where is {name} from?", "What is the home town of {name}?",
+             "In what place was {name} born?", "Which town was {name} born in?"],
+    "year": ["When was {name} born?", "What is the birth year of {name}?", "Which year was {name} born in?",
+             "What year was {name} born?", "In which year was {name} born?", "What is the year {name} was born?",
+             "What was the year of birth of {name}?"],
     "university": ["What university did {name} graduate from?", "Which university is {name} a graduate of?",
-                   "Where did {name} study?"],
-    "major": ["What subject did {name} study?", "What was the major of {name}?", "Which field did {name} study?"],
-    "employer": ["Which company does {name} work for?", "Where does {name} work?", "Who is the employer of {name}?"],
+                   "Where did {name} study?", "Which university did {name} go to?",
+                   "What university did {name} attend?", "At which university did {name} study?",
+                   "Where did {name} get a degree?"],
+    "major": ["What subject did {name} study?", "What was the major of {name}?", "Which field did {name} study?",
+              "What did {name} major in?", "Which subject did {name} take at university?",
+              "What is the field of {name}?", "What was {name} trained in?"],
+    "employer": ["Which company does {name} work for?", "Where does {name} work?", "Who is the employer of {name}?",
+                 "Which firm employs {name}?", "What company employs {name}?", "Who employs {name}?",
+                 "Where is {name} employed?"],
 }
 
 
