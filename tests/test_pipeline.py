@@ -103,7 +103,8 @@ def test_a_cell_run_alone_and_serially_gives_the_same_model_and_metrics(repro):
 def test_exp_run_new_amount_runs_only_new_cells(repro):
     repo, _ = repro
     run("git add -A && git commit -qm 'baseline results'", repo)
-    # (one size keeps it short: two new cells)
+    # (one size, one amount: the new chain is one base model and two imitation models; an earlier
+    # test left `grid.amounts=[300,600]` in the workspace)
     r = run(["dvc", "exp", "run", "-n", "more-data", "-S", "grid.amounts=[300,600]", "-S", "grid.sizes=[S]"], repo)
     ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage")}
     # the new amount's cells, plus the stages that read the whole grid
@@ -128,8 +129,10 @@ def test_queue_then_metrics_and_plots_diff(repro, warm_server):
     """The README's queue workflow: queue an experiment, start a worker, compare it (stage commands warm)."""
     repo, _ = repro
     warm_env, warm_log, warm_proc = warm_server
-    # (one size keeps it short: two new cells)
-    run(["dvc", "exp", "run", "--queue", "-n", "two-seeds", "-S", "grid.seeds=[0,1]", "-S", "grid.sizes=[S]"], repo)
+    # (one size, one amount: the new chain is one base model and two imitation models; an earlier
+    # test left `grid.amounts=[300,600]` in the workspace)
+    run(["dvc", "exp", "run", "--queue", "-n", "two-seeds", "-S", "grid.seeds=[0,1]", "-S", "grid.sizes=[S]",
+         "-S", "grid.amounts=[300]"], repo)
     run(["dvc", "queue", "start", "-j", "1"], repo, extra_env=warm_env)
     deadline = time.time() + 900
     status = ""

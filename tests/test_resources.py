@@ -71,7 +71,7 @@ def gpu_dag(tmp_path: Path) -> Path:
     (repo / "record.py").write_text(RECORD)
     cells = ["a", "b", "c"]
     st = {"fetch": {"cmd": "python record.py fetch 0.3", "deps": ["record.py"], "outs": ["out/fetch"]}}
-    for stage, secs, dep in (("sft", 2, "out/fetch"), ("eval-sft", 1.5, "out/sft@${item}"), ("prep", 1, None)):
+    for stage, secs, dep in (("sft", 2, "out/fetch"), ("eval-sft", 1.5, "out/sft@${item}"), ("prep", 4, None)):  # prep: long enough to overlap an sft under load
         st[stage] = {"foreach": cells, "do": {"cmd": f"python record.py {stage}@${{item}} {secs}",
                                               "deps": ["record.py", *([dep] if dep else [])],
                                               "outs": [f"out/{stage}@${{item}}"]}}
@@ -133,7 +133,7 @@ def test_world_hub_alone_gives_the_hub_recipe(tmp_path):
     # the rest of `sft` applies to both worlds; the embedded world keeps its own values
     assert p.sft.lora == load_params(ROOT / "params.yaml").sft.lora
     emb = load_params(ROOT / "params.yaml")
-    assert (emb.sft.lr, emb.sft.max_seq_len, emb.sft.bf16) == (0.001, 192, False)
+    assert (emb.sft.lr, emb.sft.max_seq_len, emb.sft.bf16) == (2e-4, 192, False)
     # MLflow logs the effective values; the runner's plain mapping agrees with the typed params
     assert p.section("sft")["lr"] == 2e-5
     raw = resolve_raw(params)

@@ -37,6 +37,6 @@ def test_group_by_length_batches_rows_of_similar_length(world_repo, tmp_path):
         params["sft"] |= {"sampling": sampling, "batch_size": 8}
         (tmp_path / f"{sampling}.yaml").write_text(yaml.safe_dump(params))
         p = load_params(tmp_path / f"{sampling}.yaml")
-        shares[sampling] = pad_share(p, world_repo / "models" / "base" / "S", rows, tmp_path / sampling)
+        shares[sampling] = pad_share(p, world_repo / "models" / "base" / "S-s0", rows, tmp_path / sampling)
     assert shares["random"] > 0.3  # lengths from 1 to 60 words: random batches are mostly padding
     assert shares["group_by_length"] < shares["random"] / 2

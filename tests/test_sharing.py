@@ -124,7 +124,7 @@ def test_fresh_clone_pulls_everything_then_nothing_runs(shared):
     timed("pull", ["dvc", "pull"], repo2, extra_env=S3_ENV | {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
                                                               "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"})
     assert md5(repo2 / SFT / "model.safetensors") == shared["baseline"]["model"]
-    assert (repo2 / "models" / "base" / "S" / "model.safetensors").exists()
+    assert (repo2 / "models" / "base" / "S-s0" / "model.safetensors").exists()
     r = run(["dvc", "repro"], repo2, extra_env=S3_ENV)
     assert "Running stage" not in r.stdout, r.stdout
     assert "Data and pipelines are up to date." in run(["dvc", "status"], repo2).stdout

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--git-remote", default="origin",
                     help="ray --workspace clone: the git remote (name or URL) the workers clone from (default origin)")
     args = ap.parse_args(argv)
-    explicit_jobs = args.jobs is not None
+    args.explicit_jobs = args.jobs is not None
     if args.jobs is None:
         args.jobs = int(os.environ.get("REPRO_JOBS", "2"))
     if args.jobs < 1:
@@ -278,7 +278,7 @@ def _main(args: argparse.Namespace) -> None:
     if args.backend == "ray":
         from . import ray_backend
 
-        ray_jobs = args.jobs if explicit_jobs else len(p.order)  # Ray queues what does not fit its nodes
+        ray_jobs = args.jobs if args.explicit_jobs else len(p.order)  # Ray queues what does not fit its nodes
         log.info("parallel repro: %d stage(s) to run on Ray (%s workspace); logs in %s", len(p.order),
                  args.workspace, LOG_DIR)
         try:
