@@ -71,7 +71,8 @@ def gpu_dag(tmp_path: Path) -> Path:
     (repo / "record.py").write_text(RECORD)
     cells = ["a", "b", "c"]
     st = {"fetch": {"cmd": "python record.py fetch 0.3", "deps": ["record.py"], "outs": ["out/fetch"]}}
-    for stage, secs, dep in (("sft", 2, "out/fetch"), ("eval-sft", 1.5, "out/sft@${item}"), ("prep", 4, None)):  # prep: long enough to overlap an sft under load
+    # (prep: long enough to overlap an sft even when DVC is slow to start stages)
+    for stage, secs, dep in (("sft", 2, "out/fetch"), ("eval-sft", 1.5, "out/sft@${item}"), ("prep", 4, None)):
         st[stage] = {"foreach": cells, "do": {"cmd": f"python record.py {stage}@${{item}} {secs}",
                                               "deps": ["record.py", *([dep] if dep else [])],
                                               "outs": [f"out/{stage}@${{item}}"]}}
