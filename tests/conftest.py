@@ -6,12 +6,16 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from imitation_gap.core.io import deep_update
+from imitation_gap.worlds.embedded.teacher import make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -108,3 +112,16 @@ def small_world():
         pytest.fail("data/inputs is missing: run `dvc pull data.dvc` (make test does)")
     seeds = [r["person"] for r in read_jsonl(inputs / "seed_qa.jsonl")]
     return build_world(load_spec(inputs / "world_spec.yaml"), seeds, 40, 20, 20, seed=3)
+
+
+@contextmanager
+def serve(world, faults=None, **kw) -> Iterator[tuple[str, object]]:
+    """The embedded teacher's HTTP server on 127.0.0.1 in a thread: (its /v1 URL, the server)."""
+    server = make_server(world, None, faults=faults, **kw)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -18,14 +18,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from contextlib import contextmanager
 from itertools import permutations
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, serve
 from imitation_gap.core.cli import run_cli
 from imitation_gap.core.io import write_json
 from imitation_gap.core.config import Price
@@ -33,7 +31,7 @@ from imitation_gap.core.errors import EndpointError
 from imitation_gap.llm.budget import Budget
 from imitation_gap.llm.cache import ResponseCache
 from imitation_gap.llm.client import BudgetExceeded, LLMClient, RetryPolicy, TooManyFailures
-from imitation_gap.worlds.embedded.teacher import FAULT_KINDS, Faults, TeacherModel, make_server
+from imitation_gap.worlds.embedded.teacher import FAULT_KINDS, Faults, TeacherModel
 from imitation_gap.worlds.embedded.world import QUESTIONS, REVERSE_CHAT, World
 
 SAMPLING = {"temperature": 0.0, "max_tokens": 64}
@@ -68,18 +66,6 @@ def dataset_bytes(items: list[tuple[str, list[dict]]], got: dict[str, dict]) -> 
     rows = [{"id": rid, "messages": msgs + [{"role": "assistant", "content": got[rid]["content"]}]}
             for rid, msgs in items if rid in got]
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
-
-
-@contextmanager
-def serve(world: World, faults: Faults | None = None) -> Iterator[tuple[str, object]]:
-    server = make_server(world, None, faults=faults)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def cache_entries(root: Path) -> tuple[list[Path], list[Path]]:

@@ -10,27 +10,14 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from imitation_gap.worlds.embedded.teacher import Faults, TeacherModel, make_server
+from conftest import serve
+from imitation_gap.worlds.embedded.teacher import Faults, TeacherModel
 
 SAMPLING = {"temperature": 0.0, "max_tokens": 64}
-
-
-@contextmanager
-def serve(world, faults: Faults | None = None, **kw) -> Iterator[tuple[str, object]]:
-    server = make_server(world, None, faults=faults, **kw)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def post(url: str, body: bytes, headers: dict | None = None, path: str = "/v1/chat/completions",
