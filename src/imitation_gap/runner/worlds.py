@@ -58,6 +58,7 @@ def run_world(root: Path, seed: int, scale: float, jobs: int, work: Path) -> dic
     env = dict(os.environ)
     env.pop("DVC_ROOT", None)
     env["PYTHONPATH"] = str(work / "src")  # the clone's code, not the checkout the venv's editable install names
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # this env's dvc and python
     subprocess.run(["dvc", "pull", "-q", "data.dvc"], cwd=work, check=True, env=env)
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "imitation_gap.runner.parallel", "--jobs", str(jobs)], cwd=work, env=env)
