@@ -103,8 +103,7 @@ def test_a_cell_run_alone_and_serially_gives_the_same_model_and_metrics(repro):
 def test_exp_run_new_amount_runs_only_new_cells(repro):
     repo, _ = repro
     run("git add -A && git commit -qm 'baseline results'", repo)
-    # (one size, one amount: the new chain is one base model and two imitation models; an earlier
-    # test left `grid.amounts=[300,600]` in the workspace)
+    # (one size: the new amount is two imitation models, broad and local, and their evals)
     r = run(["dvc", "exp", "run", "-n", "more-data", "-S", "grid.amounts=[300,600]", "-S", "grid.sizes=[S]"], repo)
     ran = {line.split("'")[1] for line in r.stdout.splitlines() if line.startswith("Running stage")}
     # the new amount's cells, plus the stages that read the whole grid
