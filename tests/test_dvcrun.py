@@ -12,6 +12,7 @@ with `dvc status` clean; DVC's own in-place write, killed at the same point, tea
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -135,8 +136,11 @@ def runner(repo: Path, **popen):
         import subprocess
 
         from conftest import env
+
+        def default_sigint():  # a shell's background job (`make test &`) ignores SIGINT, and children inherit that:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # the Ctrl-C cases need it delivered, as at a terminal
         return subprocess.Popen(cmd, cwd=repo, env=env() | popen.pop("env", {}), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, **popen)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint, **popen)
     return run(cmd, repo)
 
 
