@@ -170,7 +170,6 @@ def wait_for(marker: Path, proc) -> int:
 def test_an_interrupt_inside_the_lock_rewrite_leaves_it_whole_and_the_same_command_resumes(chain, tmp_path,
                                                                                          sig, point):
     import os
-    import signal
 
     repo = tmp_path / "repo"
     shutil.copytree(chain, repo, symlinks=True)
@@ -205,7 +204,6 @@ def test_the_same_interrupt_tears_a_lock_written_in_place(chain, tmp_path):
     """The check above can fail: DVC 3.67's own write (open "w+", then the dumper's writes), killed at the
     same point, leaves a torn dvc.lock."""
     import os
-    import signal
     import subprocess
 
     from conftest import env
