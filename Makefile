@@ -33,11 +33,11 @@ run: setup
 	$(PY) -m imitation_gap.runner.parallel --jobs $(JOBS)
 	@echo "Done: see REPORT.md, metrics/summary.json and plots/."
 
-# Two workers, one test file each at a time; the longest files start first.
+# Two workers, one test file each at a time; the longest files start first. The 15 slowest tests are listed at the end.
 TEST_ORDER := tests/test_ray.py tests/test_pipeline.py tests/test_sharing.py tests/test_hub.py tests
 test: setup
 	dvc pull -q data.dvc
-	$(PY) -m pytest -n 2 --dist loadfile $(TEST_ORDER)
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15 $(TEST_ORDER)
 
 # Every figure in BENCHMARKS.md comes from this one run (raw numbers: bench/results.json).
 bench: setup
