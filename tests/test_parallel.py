@@ -152,3 +152,22 @@ def test_sigterm_stops_the_running_stages_and_the_next_run_resumes(dag):
     params["sleep"].update({"x1": 0.2, "x2": 0.2})
     (dag / "params.yaml").write_text(yaml.safe_dump(params))
     assert ran(parallel(dag, "-j", "2").stderr) >= {"x1", "x2", "join"}
+
+
+def test_lock_entries_of_stages_no_longer_defined_are_dropped_and_the_rest_kept(dag):
+    """DVC keeps dvc.lock entries of stages that left dvc.yaml (treeverse/dvc#5293); the runner drops them."""
+    parallel(dag, "-j", "2")
+    written_by_dvc = (dag / "dvc.lock").read_text()
+    lock = yaml.safe_load(written_by_dvc)
+    kept = lock["stages"]
+    lock["stages"] = {**kept, "x4": kept["x3"] | {"cmd": "python stamp.py x4 out/root"}, "old@800": kept["root"]}
+    (dag / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    r = parallel(dag, "-j", "2")
+    assert "nothing to run" in r.stderr and "dropped 2 entries" in r.stderr and "x4" in r.stderr
+    # what is left is byte for byte what `dvc repro` wrote, and DVC sees nothing changed
+    assert (dag / "dvc.lock").read_text() == written_by_dvc
+    assert "up to date" in run(["dvc", "status"], dag).stdout
+    # nothing stale: the file is not touched
+    before = (dag / "dvc.lock").stat().st_mtime_ns
+    assert "dropped" not in parallel(dag, "-j", "2").stderr
+    assert (dag / "dvc.lock").stat().st_mtime_ns == before

@@ -240,7 +240,7 @@ def test_ray_run_survives_a_lost_node_and_dvc_is_clean(cluster, ray_run):
     log = (repo / ".dvc" / "tmp" / "repro-logs" / "report.log").read_text()
     assert "Running stage 'report'" in log and "--- on node" not in log, log
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert set(stages) <= set(lock)  # (the copied dvc.lock also holds the full study's other stages)
+    assert set(stages) <= set(lock)
 
 
 def test_ray_results_equal_the_local_runner_on_the_same_commit(ray_run):

@@ -64,6 +64,7 @@ class Plan:
     order: list[str]
     needs: dict[str, set[str]]
     priority: dict[str, tuple] = field(default_factory=dict)
+    locks: dict[str, set[str]] = field(default_factory=dict)  # each lock file: the stages its dvc.yaml defines
 
 
 def plan(targets: list[str], force: bool = False) -> Plan:
@@ -75,6 +76,11 @@ def plan(targets: list[str], force: bool = False) -> Plan:
         graph = repo.index.graph  # edges go from a stage to the stages it depends on
         stages = [s for s in repo.index.stages if s.cmd]  # data sources (data.dvc) have no command
         by_name = {s.addressing: s for s in stages}
+        locks: dict[str, set[str]] = {}
+        for s in repo.index.stages:
+            lockfile = getattr(getattr(s, "dvcfile", None), "_lockfile", None)
+            if lockfile is not None:
+                locks.setdefault(lockfile.path, set()).add(s.name)
         if targets:
             wanted: set = set()
             for t in targets:
@@ -99,7 +105,42 @@ def plan(targets: list[str], force: bool = False) -> Plan:
             downstream[u] += 1
     # stages that unblock the most work start first; ties keep dvc.yaml order
     prio = {n: (-downstream[n], i) for i, n in enumerate(order)}
-    return Plan(order, needs, prio)
+    return Plan(order, needs, prio, locks)
+
+
+def prune_lock(locks: dict[str, set[str]]) -> list[str]:
+    """Drop the entries of stages that their dvc.yaml no longer defines from each dvc.lock; return their names.
+
+    DVC keeps an entry in dvc.lock for every stage it ever ran, also after the stage left dvc.yaml
+    (a grid that no longer holds an amount, a renamed stage: treeverse/dvc#5293). Such entries are
+    never read again, but every stage that runs re-reads and re-writes the whole file, so they cost
+    time on each one (the committed lock had grown to 244 entries for 130 stages). The rest of the
+    file is written by DVC's own dumper, under DVC's repository lock, atomically (runner/dvcrun.py).
+    """
+    import yaml
+    from dvc.repo import Repo
+    from dvc.utils.serialize import modify_yaml
+
+    from . import dvcrun
+
+    stale_all: list[str] = []
+    for path, defined in locks.items():
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            stages = (yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("stages") or {}
+        if not set(stages) - defined:
+            continue
+        dvcrun.atomic_dumps()
+        dvcrun.fast_lock_loader()
+        with Repo() as repo, repo.lock, modify_yaml(path) as data:
+            stale = [name for name in data.get("stages") or {} if name not in defined]
+            for name in stale:
+                del data["stages"][name]
+        stale_all += stale
+        log.info("%s: dropped %d entr%s of stages that dvc.yaml no longer defines (%s%s)", os.path.relpath(path),
+                 len(stale), "y" if len(stale) == 1 else "ies", ", ".join(stale[:3]), ", ..." if len(stale) > 3 else "")
+    return stale_all
 
 
 @contextlib.contextmanager
@@ -270,6 +311,7 @@ def _main(args: argparse.Namespace) -> None:
     setup_logging()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the stages as Ctrl-C does
     p = plan(args.targets, args.force)
+    prune_lock(p.locks)  # before the stages run: each of them re-writes the whole lock
     if not p.order:
         log.info("parallel repro: nothing to run; every stage is up to date (`dvc status` is clean)")
         return
