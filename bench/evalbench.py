@@ -52,7 +52,8 @@ def _one_task(p, lm, short: str, limit: int | None = None) -> float:
         else:
             from lm_eval import simple_evaluate
 
-            simple_evaluate(model=lm, tasks=[saved[short]], num_fewshot=getattr(p.eval, f"{short}_shots"),
+            shots = {t.role: t.shots for t in get_world(p).eval_plan(is_teacher=False)[1]}  # as the stage has them
+            simple_evaluate(model=lm, tasks=[saved[short]], num_fewshot=shots[short],
                             task_manager=_tm(), log_samples=True, random_seed=p.seed, numpy_random_seed=p.seed,
                             torch_random_seed=p.seed, fewshot_random_seed=p.seed, bootstrap_iters=0, limit=limit)
         return time.perf_counter() - t
@@ -110,7 +111,7 @@ def run(world: Path, p, model_dir: Path, reps: int, batch_sizes=BATCH_SIZES, bat
             reference = [tidy(got[r["id"]]["content"]) if r["id"] in got else "" for r in prompts]
             add("teacher answers (client)", time.perf_counter() - t)
             t = time.perf_counter()
-            ev.preference(pt, Endpoint(url), prompts, answers, reference)
+            ev.preference(pt, world_obj, Endpoint(url), prompts, answers, reference)
             add("raters (preference, both)", time.perf_counter() - t)
             t = time.perf_counter()
             world_obj.style(prompts, answers, reference)

@@ -34,6 +34,22 @@ def test_bench_quick_client_and_startup(tmp_path):
     assert "**Method.**" in md
 
 
+def test_bench_quick_eval_times_every_task_of_the_stage(tmp_path):
+    """The eval part calls the stage's own functions: it breaks when they change unless a test runs it."""
+    from imitation_gap.worlds import embedded
+
+    js = tmp_path / "r.json"
+    e = env()
+    e["PYTHONPATH"] = f"{ROOT / 'src'}:{ROOT}"
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--parts", "eval", "--out", str(tmp_path / "B.md"),
+                        "--json", str(js)], cwd=ROOT, env=e, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    med = json.loads(js.read_text())["eval"]["median"]
+    for task in embedded.TASKS:  # every capability task, the zero-shot knowledge probe included
+        assert med[f"lm-eval {task}"] > 0 and f"lm-eval {task}: fixed (limit=1)" in med
+    assert med["raters (preference, both)"] > 0 and med["teacher answers (client)"] > 0
+
+
 def test_bench_rejects_unknown_part():
     e = env()
     e["PYTHONPATH"] = f"{ROOT / 'src'}:{ROOT}"
