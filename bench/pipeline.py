@@ -146,7 +146,7 @@ def run_pipeline(tmp: Path, reps_noop: int = 3) -> dict:
         f"{out['status']['wall']:.2f} s")
     say("pipeline: the same grid again with `make run`'s runner (python -m imitation_gap.runner.parallel --jobs 2 --force)")
     out["parallel"] = timed_parallel(repo, jobs=2)
-    sh("git add -A && git commit -qm parallel", repo)
+    sh("git add -A && (git diff --cached --quiet || git commit -qm parallel)", repo)  # a forced re-run: same bytes
     changes = [("change an eval param", ["eval.pref_max_new_tokens=12"]),
                ("add one seed", ["grid.seeds=[0,1]"]),
                ("add one amount", ["grid.amounts=[300,600]"])]
