@@ -46,13 +46,13 @@ def _one_task(p, lm, short: str, limit: int | None = None) -> float:
     saved = embedded.TASKS
     embedded.TASKS = {short: saved[short]}
     try:
+        shots = {task.role: task.shots for task in get_world(p).eval_plan(is_teacher=False)[1]}  # as the stage's
         t = time.perf_counter()
         if limit is None:
             ev.capability(p, get_world(p), lm)
         else:
             from lm_eval import simple_evaluate
 
-            shots = {t.role: t.shots for t in get_world(p).eval_plan(is_teacher=False)[1]}  # as the stage has them
             simple_evaluate(model=lm, tasks=[saved[short]], num_fewshot=shots[short],
                             task_manager=_tm(), log_samples=True, random_seed=p.seed, numpy_random_seed=p.seed,
                             torch_random_seed=p.seed, fewshot_random_seed=p.seed, bootstrap_iters=0, limit=limit)
