@@ -203,12 +203,40 @@ def test_the_regression_recovers_known_effects():
     assert math.isclose(math.log(lg["right"]["odds_ratio"]), b2, abs_tol=0.01)
 
 
-def test_the_regression_says_when_it_cannot_be_fitted():
-    # an expert who never lets a wrong answer tie: the logistic fit separates, the linear one still answers
+def test_separated_pairs_get_finite_firth_odds_ratios_and_rates_with_intervals():
+    # an expert who never lets a wrong answer tie: plain maximum likelihood runs off to infinity for 'right';
+    # Firth's penalty gives a finite odds ratio whose interval is wide but excludes 1
     t = {(0, 0): [50, 0], (1, 0): [50, 0], (0, 1): [50, 30], (1, 1): [50, 40]}
     fit = rw.fit(t)
-    assert "not_estimable" in fit["logistic"] and fit["linear"]["right"]["effect"] > 0.5
+    lg = fit["logistic"]
+    assert lg["method"] == "firth" and lg["ml_separated"] is True
+    right = lg["right"]
+    assert 10 < right["odds_ratio"] < 1e6 and 1 < right["lo"] < right["odds_ratio"] < right["hi"]
+    assert lg["styled"]["lo"] < lg["styled"]["odds_ratio"] < lg["styled"]["hi"]
+    assert fit["linear"]["right"]["effect"] > 0.5
+    # each kind of answer's rate, with a Wilson interval (0 of 50: [0, 0.071])
+    c = fit["cells"]["styled=1,right=0"]
+    assert (c["pairs"], c["win_or_tie"], c["rate"]) == (50, 0, 0.0)
+    assert c["lo"] < 1e-9 and math.isclose(c["hi"], 0.0713, abs_tol=5e-4)
+    c = fit["cells"]["styled=1,right=1"]
+    assert c["rate"] == 0.8 and c["lo"] < 0.8 < c["hi"]
+    # without separation the penalty hardly moves a large sample's estimate
+    assert rw.fit({(0, 0): [400, 100], (1, 0): [400, 200], (0, 1): [400, 150], (1, 1): [400, 300]})[
+        "logistic"]["ml_separated"] is False
     assert "does not vary" in rw.fit({(1, 0): [10, 5], (1, 1): [10, 8]})["not_estimable"]
+
+
+def test_the_report_shows_the_rates_and_firth_odds_ratios():
+    from imitation_gap.analysis.render import rewards_table
+
+    runs = [{"preference": {r: {"by_features": {"styled=0,right=0": [40, 0], "styled=0,right=1": [40, 0],
+                                                "styled=1,right=0": [40, 10 if r == "nonexpert" else 0],
+                                                "styled=1,right=1": [40, 30]}}
+                            for r in ("nonexpert", "expert")}}]
+    text = "\n".join(rewards_table(rw.rewards(runs)))
+    assert "Firth-penalised" in text and "nonexpert and expert" in text
+    assert "| nonexpert | 0% [0, 9] of 40 | 0% [0, 9] of 40 | 25% [14, 40] of 40 | 75% [60, 86] of 40 |" in text
+    assert "not estimable" not in text
 
 
 # -- the rater bug fix ---------------------------------------------------------------------

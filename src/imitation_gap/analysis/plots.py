@@ -12,7 +12,7 @@ from .stats import TASKS, metric_paths
 PLOTS = Path("plots")
 
 
-def plot(p: Params, agg: dict) -> list[str]:
+def plot(p: Params, agg: dict, paid: dict | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,6 +106,31 @@ def plot(p: Params, agg: dict) -> list[str]:
     fig.savefig(PLOTS / "style_vs_amount.png", dpi=110)
     plt.close(fig)
     files.append("style_vs_amount.png")
+
+    # what raters reward: win-or-tie by kind of answer, per rater (the table under "What raters reward")
+    from .render import CELLS
+
+    raters = [(r, f) for r, f in (paid or {}).items() if f.get("cells")]
+    if raters:
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        x = range(len(CELLS))
+        width = 0.8 / len(raters)
+        for i, ((r, f), col) in enumerate(zip(raters, ("tab:orange", "tab:blue", "tab:green"))):
+            cs = [f["cells"].get(k, {}) for k, _ in CELLS]
+            ys = [c.get("rate", 0) if c.get("pairs") else 0 for c in cs]
+            e = [(max(0.0, y - c.get("lo", y)), max(0.0, c.get("hi", y) - y)) if c.get("pairs") else (0, 0)
+                 for y, c in zip(ys, cs)]
+            ax.bar([j + (i - (len(raters) - 1) / 2) * width for j in x], ys, width=width, color=col,
+                   yerr=list(zip(*e)), capsize=3, label=f"{r} rater")
+        ax.set_xticks(list(x), [t for _, t in CELLS], fontsize=8)
+        ax.set_ylabel("win + tie rate against the teacher")
+        ax.set_ylim(0, 1.05)
+        ax.legend()
+        ax.set_title("What raters reward: every judged pair, by kind of answer (95% Wilson CI)")
+        fig.tight_layout()
+        fig.savefig(PLOTS / "rater_rewards.png", dpi=110)
+        plt.close(fig)
+        files.append("rater_rewards.png")
 
     # CSV for `dvc plots`
     rows = ["model,size,kind,amount," + ",".join(n.replace(".", "_") for n, _, _ in metric_paths())]

@@ -105,26 +105,70 @@ def paper_beside(p: Params, agg: dict) -> list[str]:
             f"{pct(broad, 'style.list_rate')}% ({pct(T, 'style.list_rate')}%) |"]
 
 
+CELLS = (("styled=0,right=0", "wrong, plain"), ("styled=0,right=1", "right, plain"),
+         ("styled=1,right=0", "wrong, teacher-styled"), ("styled=1,right=1", "right, teacher-styled"))
+
+
+RATER_NAMES = {"nonexpert": "non-expert", "expert": "expert"}
+
+
+def _odds(x: float) -> str:
+    """An odds ratio to 3 significant digits, without exponents: 0.123, 7.36, 2,527."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def rewards_table(paid: dict) -> list[str]:
+    """The regressions, then the rates they summarise, then what they say in words."""
     L = ["| rater | judged pairs | style buys (points of win-or-tie) | facts buy (points) | style: odds ratio | "
          "facts: odds ratio |", "|---|---|---|---|---|---|"]
+    separated = []
     for rater, fit in paid.items():
         if "not_estimable" in fit:
             L.append(f"| {rater} | {fit['pairs']} | not estimable: {fit['not_estimable']} | | | |")
             continue
         lin, lg = fit["linear"], fit.get("logistic", {})
+        if lg.get("ml_separated"):
+            separated.append(rater)
 
         def pts(x):
             return f"{100 * x['effect']:+.0f} [{100 * x['lo']:+.0f}, {100 * x['hi']:+.0f}]"
 
         def odds(name):
             if "not_estimable" in lg:
-                return "not estimable (separation)"
+                return f"not estimable ({lg['not_estimable']})"
             x = lg[name]
-            return f"{x['odds_ratio']:.2g} [{x['lo']:.2g}, {x['hi']:.2g}]"
+            return f"{_odds(x['odds_ratio'])} [{_odds(x['lo'])}, {_odds(x['hi'])}]"
 
         L.append(f"| {rater} | {fit['pairs']} | {pts(lin['styled'])} | {pts(lin['right'])} | {odds('styled')} | "
                  f"{odds('right')} |")
+    if separated:
+        L += ["", f"Odds ratios are Firth-penalised (plain maximum likelihood has no finite estimate for "
+                  f"{' and '.join(separated)}: some kind of answer is never rated as good as the teacher's, which "
+                  "puts the odds ratio at infinity; Firth's penalty keeps it finite and its profile-likelihood "
+                  "interval says how large it can be)."]
+    rows = [(r, f) for r, f in paid.items() if f.get("cells")]
+    if not rows:
+        return L
+    L += ["", "Win-or-tie rate against the teacher by kind of answer (the table both models summarise; Wilson "
+              "intervals):", "", "| rater | " + " | ".join(t for _, t in CELLS) + " |", "|---|---|---|---|---|"]
+
+    def rate(f, key):
+        c = f["cells"].get(key)
+        if not c or not c["pairs"]:
+            return "-"
+        return f"{100 * c['rate']:.0f}% [{100 * c['lo']:.0f}, {100 * c['hi']:.0f}] of {c['pairs']}"
+
+    for rater, f in rows:
+        L.append(f"| {rater} | " + " | ".join(rate(f, k) for k, _ in CELLS) + " |")
+
+    def r(f, key):
+        c = f["cells"].get(key)
+        return f"{100 * c['rate']:.0f}%" if c and c["pairs"] else "-"
+
+    said = [f"the {RATER_NAMES.get(rater, rater)} rater rates a wrong answer as good as the teacher's "
+            f"{r(f, CELLS[0][0])} of the time when it is plain and {r(f, CELLS[2][0])} when it is teacher-styled, "
+            f"a right one {r(f, CELLS[1][0])} and {r(f, CELLS[3][0])}" for rater, f in rows]
+    L += ["", "In words: " + "; ".join(said) + "."]
     return L
 
 
@@ -168,9 +212,9 @@ def render(p: Params, agg: dict, gaps: dict, checks: list[dict], finds: list[dic
     L += ["", "## What raters reward", "",
           "Every judged pair of every model in the grid about a held-out person's facts, pooled: is the model's answer "
           "rated as good as or better than the teacher's (win or tie), by whether it is teacher-styled (the teacher's "
-          "phrases) and whether it is factually right (the world's facts)? A linear probability model (OLS, HC3 errors) "
-          f"gives each feature's effect in points of win-or-tie, a logistic regression the same as odds ratios; "
-          f"{level} CIs.", ""] + rewards_table(paid) + [""]
+          "phrases) and whether it is factually right (the world's facts)? A linear probability model (OLS, HC3 "
+          "errors) gives each feature's effect in points of win-or-tie, a logistic regression (Firth's bias "
+          f"reduction) the same as odds ratios; {level} CIs.", ""] + rewards_table(paid) + [""]
     L += ["## Capability and preference, every model", "",
           "Tasks: " + "; ".join(task_title(agg, t) for t in TASKS) + ".", "",
           "Capability is lm-eval accuracy on held-out (group B) people; preference is the win+tie rate against the "

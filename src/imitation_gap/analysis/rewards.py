@@ -11,8 +11,14 @@ per rater, with statsmodels:
 * a **linear probability model** (OLS with HC3 robust errors): each coefficient is the change
   in the probability of win-or-tie, in points, that the feature buys, holding the other fixed;
   it stays estimable when a rater never rewards a wrong answer;
-* a **logistic regression**: the same as odds ratios, where the data allow a finite estimate
-  (it has none under separation, e.g. an expert who never lets a wrong answer tie).
+* a **logistic regression** with Firth's bias reduction (``firthmodels``; profile-likelihood
+  CIs, as R's ``logistf``): the same as odds ratios. Plain maximum likelihood has no finite
+  estimate when some feature combination is never (or always) rated as good as the teacher
+  (separation; e.g. raters who never let an unstyled answer tie), and the judged pairs here are
+  separated; Firth's penalty keeps the estimate finite (Heinze & Schemper 2002), and the fit says
+  whether plain ML would have diverged (``ml_separated``);
+* each feature combination's **win-or-tie rate** with a Wilson interval: the table the two
+  regressions summarise, and the plainest answer to "what does each rater pay for".
 """
 
 from __future__ import annotations
@@ -46,38 +52,74 @@ def _rows(table: dict[tuple[int, int], list[int]]):
     return np.asarray(X), np.asarray(y)
 
 
-def fit(table: dict[tuple[int, int], list[int]], level: float = 0.95) -> dict:
-    """Both models on one rater's pooled table; ``not_estimable`` says why a part could not be fitted."""
+def _ml_separated(table: dict[tuple[int, int], list[int]]) -> bool:
+    """Would plain maximum likelihood diverge? (statsmodels' Logit: separation, or an estimate past |15|.)"""
     import numpy as np
     import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import PerfectSeparationError, PerfectSeparationWarning
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
+
+    X, y = _rows(table)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PerfectSeparationWarning)
+            warnings.simplefilter("error", ConvergenceWarning)  # its estimates ran off towards infinity
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ml = sm.Logit(y, X).fit(disp=0, maxiter=200)
+        return bool(np.any(np.abs(ml.params) > 15) or not np.all(np.isfinite(ml.bse)))
+    except (PerfectSeparationError, PerfectSeparationWarning, ConvergenceWarning, np.linalg.LinAlgError):
+        return True
+
+
+def _firth(table: dict[tuple[int, int], list[int]], level: float) -> dict:
+    """Firth-penalised logistic regression on the counts (frequency weights), profile-likelihood CIs."""
+    import numpy as np
+    from firthmodels import FirthLogisticRegression
+
+    X, y, w = [], [], []
+    for (styled, right), (n, k) in sorted(table.items()):
+        X += [[styled, right], [styled, right]]
+        y += [1, 0]
+        w += [k, n - k]
+    m = FirthLogisticRegression(max_iter=100).fit(np.asarray(X, float), np.asarray(y),
+                                                  sample_weight=np.asarray(w, float))
+    if not m.converged_:
+        return {"not_estimable": "Firth's penalised fit did not converge"}
+    ci = m.conf_int(alpha=1 - level, method="pl")  # rows: the features, then the intercept
+    if not np.all(np.isfinite(ci[:len(FEATURES)])):
+        return {"not_estimable": "the profile-likelihood interval did not close"}
+    return {"method": "firth", "ml_separated": _ml_separated(table)} | {
+        name: {"odds_ratio": math.exp(m.coef_[j]), "lo": math.exp(ci[j][0]), "hi": math.exp(ci[j][1])}
+        for j, name in enumerate(FEATURES)}
+
+
+def fit(table: dict[tuple[int, int], list[int]], level: float = 0.95) -> dict:
+    """Both models and the per-combination rates on one rater's pooled table; ``not_estimable`` says why a
+    part could not be fitted."""
+    import numpy as np
+    import statsmodels.api as sm
+    from statsmodels.stats.proportion import proportion_confint
 
     X, y = _rows(table)
     n = len(y)
-    out: dict = {"pairs": n, "cells": {f"styled={s},right={r}": {"pairs": c[0], "win_or_tie": c[1]}
-                                       for (s, r), c in sorted(table.items())}}
+    alpha = 1 - level
+    out: dict = {"pairs": n, "cells": {}}
+    for (s, r), (m, k) in sorted(table.items()):
+        lo, hi = proportion_confint(k, m, alpha, method="wilson") if m else (float("nan"), float("nan"))
+        out["cells"][f"styled={s},right={r}"] = {"pairs": m, "win_or_tie": k, "rate": k / m if m else float("nan"),
+                                                 "lo": float(lo), "hi": float(hi)}
     # every feature must vary, or its effect is not identified
     for j, name in enumerate(FEATURES, 1):
         if n == 0 or X[:, j].min() == X[:, j].max():
             out["not_estimable"] = f"'{name}' does not vary over the judged pairs ({n} pairs)"
             return out
-    alpha = 1 - level
     lpm = sm.OLS(y, X).fit(cov_type="HC3")
     ci = lpm.conf_int(alpha)
     out["linear"] = {name: {"effect": float(lpm.params[j]), "lo": float(ci[j][0]), "hi": float(ci[j][1])}
                      for j, name in enumerate(("intercept", *FEATURES))}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PerfectSeparationWarning)
-            logit = sm.Logit(y, X).fit(disp=0, maxiter=200)
-        lci = logit.conf_int(alpha)
-        if not np.all(np.isfinite(lci)) or np.any(np.abs(logit.params) > 15):
-            raise PerfectSeparationError("quasi-separation")
-        out["logistic"] = {name: {"odds_ratio": math.exp(logit.params[j]), "lo": math.exp(lci[j][0]),
-                                  "hi": math.exp(lci[j][1])} for j, name in enumerate(FEATURES, 1)}
-    except (PerfectSeparationError, PerfectSeparationWarning, np.linalg.LinAlgError) as e:
-        out["logistic"] = {"not_estimable": f"separation in the data ({type(e).__name__}): some feature "
-                                            "combination is always or never rated as good as the teacher"}
+        out["logistic"] = _firth(table, level)
+    except (ValueError, np.linalg.LinAlgError) as e:
+        out["logistic"] = {"not_estimable": f"Firth's penalised fit failed ({type(e).__name__}: {e})"}
     return out
 
 

@@ -108,7 +108,7 @@ def build(p: Params) -> dict:
     every_run = [m for runs in data["base"].values() for m in runs] + \
         [m for runs in data["cells"].values() for m in runs]
     paid = rewards(every_run, r.level)
-    figs = plot(p, agg)
+    figs = plot(p, agg, paid)
     exs = examples(p, world)
     summary = {"grid": {"sizes": p.grid.sizes, "kinds": p.grid.kinds, "amounts": p.grid.amounts,
                         "seeds": p.grid.seeds},
