@@ -16,7 +16,7 @@ writes (``tests/test_dvcrun.py``).  The upstream report: ``docs/upstream-dvc-loc
 **Fast lock parse.**  For every stage it runs, ``dvc repro`` rewrites ``dvc.lock`` whole, holding the
 repository lock: it parses the file with ruamel's round-trip loader (pure Python; it keeps comments
 and formatting), updates the stage's entry and dumps the file again.  On the default study's lock
-(154 stages, ~11,000 lines) the round-trip parse takes ~1.7 s and the dump ~1.0 s, once per
+(130 stages, ~11,600 lines) the round-trip parse takes ~2 s and the dump ~1.4 s, once per
 stage, one stage at a time: that parse alone is ~4 minutes of the study on one core, with the
 other core waiting for the lock.  A lock file with no comment in it holds nothing that the
 round-trip loader keeps and the safe loader loses: the safe loader (libyaml, ~0.3 s on that file)
