@@ -3,6 +3,7 @@
     python -m bench                 # the full bench (< 20 min on 2 cores), run from the repo root
     python -m bench --quick         # a tiny smoke run (tests/test_bench.py): minutes -> seconds
     python -m bench --parts train,client --out /tmp/B.md --json /tmp/r.json
+    python -m bench --render        # re-write BENCHMARKS.md from bench/results.json, measuring nothing
 """
 
 from __future__ import annotations
@@ -39,7 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (its path is printed)")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: re-write --out from the results in --json (after a change to the "
+                         "report's text or its extrapolation model; the figures stay those of that run)")
     args = ap.parse_args(argv)
+    if args.render:
+        from .report import render
+
+        try:
+            res = json.loads(Path(args.json).read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--render needs the results of a bench run in --json ({args.json}): {e}. Run `make bench` "
+                     "to measure them.")
+        Path(args.out).write_text(render(res))
+        say(f"bench: wrote {args.out} from {args.json} (measured {res.get('started', '?')})")
+        return 0
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     bad = [x for x in parts if x not in PARTS]
     if bad:
@@ -122,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         n: common.other_cpu(snaps[n], snaps[names[i + 1]], cores) for i, n in enumerate(names[1:-1], 1)
         if n in parts}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, sort_keys=True, default=str) + "\n")
+    # in the order measured (not sorted): `--render` then writes the tables in the same order
+    Path(args.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
     from .report import render
 
     Path(args.out).write_text(render(res))

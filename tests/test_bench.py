@@ -32,6 +32,12 @@ def test_bench_quick_client_and_startup(tmp_path):
     for heading in ("# Benchmarks", "## Machine", "## 2. Teacher client", "## 4. Pipeline", "--quick"):
         assert heading in md, heading
     assert "**Method.**" in md
+    # --render measures nothing and writes the same file from the saved results (tables in the measured order)
+    again = tmp_path / "again.md"
+    r = subprocess.run([sys.executable, "-m", "bench", "--render", "--out", str(again), "--json", str(js)],
+                       cwd=ROOT, env=e, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert again.read_text() == md
 
 
 def test_bench_quick_eval_times_every_task_of_the_stage(tmp_path):
@@ -56,3 +62,6 @@ def test_bench_rejects_unknown_part():
     r = subprocess.run([sys.executable, "-m", "bench", "--parts", "nope"], cwd=ROOT, env=e, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "unknown part" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "bench", "--render", "--json", "/nonexistent/r.json", "--out",
+                        "/nonexistent/B.md"], cwd=ROOT, env=e, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--render needs the results of a bench run" in r.stderr
