@@ -44,6 +44,9 @@ def test_repro_writes_every_run_summary_and_report(repro):
     report = (repo / "REPORT.md").read_text()
     assert "## Findings" in report and "M+local@300" in report
     assert (repo / "plots" / "capability_vs_amount.png").stat().st_size > 1000
+    # what raters reward: the rates per kind of answer, in the report and as a figure
+    assert "Win-or-tie rate against the teacher by kind of answer" in report
+    assert (repo / "plots" / "rater_rewards.png").stat().st_size > 1000
 
 
 def test_models_are_safetensors_and_imitation_data_is_clean(repro):
