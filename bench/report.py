@@ -359,7 +359,7 @@ def extrapolation(res: dict) -> str:
          "start + Σ over stages of (fixed cost of a stage of that kind, from the tiny pipeline above) + (its work "
          f"at the default sizes): base = {p.pretrain.steps}·{p.pretrain.batch_size}·{p.pretrain.seq_len} tokens / "
          "the project's pretraining tokens/s (section 1); sft = "
-         f"amount × {p.sft.epochs} epochs / the SFTTrainer's real tokens/s for that size (section 1; its data-set "
+         f"amount × {p.sft.epochs:g} epochs / the SFTTrainer's real tokens/s for that size (section 1; its data-set "
          "preparation is in the fixed cost); eval = the per-model work and model load of section 3 (measured on M; "
          "taken as the same for every size: small models' eval is dominated by per-token overhead, not FLOPs); fetch "
          "and imitate-dataset = those stages run at default params in this bench's setup. Fixed cost per stage "
