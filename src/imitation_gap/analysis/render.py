@@ -127,8 +127,9 @@ def rewards_table(paid: dict) -> list[str]:
             L.append(f"| {rater} | {fit['pairs']} | not estimable: {fit['not_estimable']} | | | |")
             continue
         lin, lg = fit["linear"], fit.get("logistic", {})
-        if lg.get("ml_separated"):
-            separated.append(rater)
+        if lg.get("ml_infinite"):
+            what = " and ".join({"styled": "style", "right": "facts"}.get(f, f) for f in lg["ml_infinite"])
+            separated.append(f"{what} for the {RATER_NAMES.get(rater, rater)} rater")
 
         def pts(x):
             return f"{100 * x['effect']:+.0f} [{100 * x['lo']:+.0f}, {100 * x['hi']:+.0f}]"
@@ -142,10 +143,10 @@ def rewards_table(paid: dict) -> list[str]:
         L.append(f"| {rater} | {fit['pairs']} | {pts(lin['styled'])} | {pts(lin['right'])} | {odds('styled')} | "
                  f"{odds('right')} |")
     if separated:
-        L += ["", f"Odds ratios are Firth-penalised (plain maximum likelihood has no finite estimate for "
-                  f"{' and '.join(separated)}: some kind of answer is never rated as good as the teacher's, which "
-                  "puts the odds ratio at infinity; Firth's penalty keeps it finite and its profile-likelihood "
-                  "interval says how large it can be)."]
+        L += ["", f"Odds ratios are Firth-penalised: plain maximum likelihood has no finite estimate of "
+                  f"{'; of '.join(separated)} (separation: some kind of answer is never rated as good as the "
+                  "teacher's). Firth's penalty keeps the estimate finite, and its profile-likelihood interval says "
+                  "how large it can be."]
     rows = [(r, f) for r, f in paid.items() if f.get("cells")]
     if not rows:
         return L

@@ -15,8 +15,8 @@ per rater, with statsmodels:
   CIs, as R's ``logistf``): the same as odds ratios. Plain maximum likelihood has no finite
   estimate when some feature combination is never (or always) rated as good as the teacher
   (separation; e.g. raters who never let an unstyled answer tie), and the judged pairs here are
-  separated; Firth's penalty keeps the estimate finite (Heinze & Schemper 2002), and the fit says
-  whether plain ML would have diverged (``ml_separated``);
+  separated; Firth's penalty keeps the estimate finite (Heinze & Schemper 2002), and the fit names
+  the features whose plain ML estimate is infinite (``ml_infinite``, by Konis's linear program);
 * each feature combination's **win-or-tie rate** with a Wilson interval: the table the two
   regressions summarise, and the plainest answer to "what does each rater pay for".
 """
@@ -52,22 +52,18 @@ def _rows(table: dict[tuple[int, int], list[int]]):
     return np.asarray(X), np.asarray(y)
 
 
-def _ml_separated(table: dict[tuple[int, int], list[int]]) -> bool:
-    """Would plain maximum likelihood diverge? (statsmodels' Logit: separation, or an estimate past |15|.)"""
+def _ml_infinite(table: dict[tuple[int, int], list[int]]) -> list[str]:
+    """The features whose plain maximum-likelihood estimate is infinite (separation; Konis's linear program,
+    ``firthmodels.detect_separation``). Separation depends only on which (features, outcome) rows occur."""
     import numpy as np
-    import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
+    from firthmodels import detect_separation
 
-    X, y = _rows(table)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PerfectSeparationWarning)
-            warnings.simplefilter("error", ConvergenceWarning)  # its estimates ran off towards infinity
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ml = sm.Logit(y, X).fit(disp=0, maxiter=200)
-        return bool(np.any(np.abs(ml.params) > 15) or not np.all(np.isfinite(ml.bse)))
-    except (PerfectSeparationError, PerfectSeparationWarning, ConvergenceWarning, np.linalg.LinAlgError):
-        return True
+    X, y = [], []
+    for (styled, right), (n, k) in sorted(table.items()):
+        X += [[styled, right]] * ((k > 0) + (n - k > 0))
+        y += [1] * (k > 0) + [0] * (n - k > 0)
+    res = detect_separation(np.asarray(X, float), np.asarray(y))
+    return [name for name, finite in zip(FEATURES, res.is_finite) if not finite]
 
 
 def _firth(table: dict[tuple[int, int], list[int]], level: float) -> dict:
@@ -87,7 +83,8 @@ def _firth(table: dict[tuple[int, int], list[int]], level: float) -> dict:
     ci = m.conf_int(alpha=1 - level, method="pl")  # rows: the features, then the intercept
     if not np.all(np.isfinite(ci[:len(FEATURES)])):
         return {"not_estimable": "the profile-likelihood interval did not close"}
-    return {"method": "firth", "ml_separated": _ml_separated(table)} | {
+    infinite = _ml_infinite(table)
+    return {"method": "firth", "ml_separated": bool(infinite), "ml_infinite": infinite} | {
         name: {"odds_ratio": math.exp(m.coef_[j]), "lo": math.exp(ci[j][0]), "hi": math.exp(ci[j][1])}
         for j, name in enumerate(FEATURES)}
 
