@@ -24,7 +24,6 @@ per rater, with statsmodels:
 from __future__ import annotations
 
 import math
-import warnings
 
 FEATURES = ("styled", "right")
 
