@@ -408,7 +408,7 @@ def targets(res: dict) -> str:
         rows.append([f"pretraining ≥ 40% of matmul peak, {big}", f"{pct:.0%}", "met" if pct >= 0.4 else "not met"])
     if res.get("pipeline", {}).get("repro") and tr and res.get("eval"):
         m3 = model_default(res)
-        n = m3["cells"] // max(1, len(_grid().grid.sizes) * len(_grid().grid.kinds) * len(_grid().grid.amounts))
+        n = len(_grid().grid.seeds)
         rows.append([f"default study, {n} chains, ≤ 30 min: serial `dvc repro` (extrapolated, section 4)",
                      f"{_f(m3['total'] / 60, 1)} min", "met" if m3["total"] <= 1800 else "not met"])
         r3 = make_run_estimate(res)
