@@ -6,6 +6,8 @@
   every stage it can affect.
 * A stage's code deps are its own module in ``stages/`` plus whole package folders, so a new
   import inside those folders cannot escape; the runner is no stage's dep (and no stage imports it).
+* Every folder among a stage's deps holds a module its command imports: a change to code the stage
+  never runs (the report's rendering, say) re-runs no stage but those that import it.
 * The package's imports form no cycle and never go up a layer:
   core < (llm, worlds, imitation) < analysis < stages < runner; among llm, worlds and imitation,
   the packages themselves import each other in one direction only (worlds may use imitation).
@@ -99,6 +101,17 @@ def uncovered(dvc_yaml: Path = ROOT / "dvc.yaml", src: Path = SRC) -> list[str]:
     return out
 
 
+def unused(dvc_yaml: Path = ROOT / "dvc.yaml", src: Path = SRC) -> list[str]:
+    """``'<stage>: <dep>'`` for each code dep (under ``src/``) that holds no module the stage's command imports."""
+    mods = modules(src)
+    out = []
+    for stage, (entry, deps) in stages(dvc_yaml).items():
+        files = {mods[m].relative_to(src.parent).as_posix() for m in closure(entry, mods)}
+        out += [f"{stage}: {d} (imports nothing from it)" for d in deps
+                if d.startswith("src/") and not any(f == d or f.startswith(d + "/") for f in files)]
+    return out
+
+
 def test_every_module_a_stage_imports_is_in_its_deps():
     assert uncovered() == []
 
@@ -116,6 +129,22 @@ def test_an_import_outside_the_deps_is_caught(tmp_path):
     missing = uncovered(src=src)
     assert f"fetch: src/{PKG}/extra/helper.py (imported by its command, not in its deps)" in missing
     assert len({m.split(":")[0] for m in missing}) == len(stages())  # every stage reaches the hub world
+
+
+def test_every_code_dep_is_imported_by_its_stage():
+    """No stage re-runs for code it never imports: editing the report's analysis re-runs the report only,
+    not the 64 evaluations."""
+    assert unused() == []
+    evals = {n for n in stages() if n.startswith("eval-")}
+    assert evals and all(f"src/{PKG}/analysis" not in stages()[n][1] for n in evals)
+
+
+def test_a_dep_the_stage_never_imports_is_caught(tmp_path):
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    dvc["stages"]["eval-teacher"]["deps"].append(f"src/{PKG}/analysis")
+    path = tmp_path / "dvc.yaml"
+    path.write_text(yaml.safe_dump(dvc))
+    assert unused(path) == [f"eval-teacher: src/{PKG}/analysis (imports nothing from it)"]
 
 
 def test_code_deps_are_the_stage_module_and_whole_folders():

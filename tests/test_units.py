@@ -120,7 +120,7 @@ def test_hub_converters_read_sharegpt_hc3_nq_and_koala_records():
 
 
 def test_length_controlled_win_rate_discounts_length():
-    from imitation_gap.analysis.stats import length_controlled_win_rate
+    from imitation_gap.stages.evaluate import length_controlled_win_rate
 
     # wins come only with longer answers: at equal length the model would win less often than raw
     outcome = [1.0] * 10 + [0.0] * 10

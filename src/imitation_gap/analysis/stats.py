@@ -119,23 +119,3 @@ def gap_closed(model: float, base: float, teacher: float) -> float | None:
     if teacher is None or base is None or model is None or abs(teacher - base) < 1e-9:
         return None
     return (model - base) / (teacher - base)
-
-
-def length_controlled_win_rate(outcome: list[float], dlen: list[float]) -> float | None:
-    """AlpacaEval 2's idea for one model: fit P(win) = sigmoid(a + b * tanh(dlen / sd(dlen))) to the
-    outcomes (ties count 1/2) by maximum likelihood, and report sigmoid(a), the win rate the
-    model would have if its answers were as long as the teacher's.  None with < 2 outcomes."""
-    import numpy as np
-    from scipy.optimize import minimize
-
-    if len(outcome) < 2:
-        return None
-    y, d = np.asarray(outcome, float), np.asarray(dlen, float)
-    x = np.tanh(d / (d.std() or 1.0))
-
-    def nll(w):
-        z = w[0] + w[1] * x
-        return float(np.sum(np.logaddexp(0, z) - y * z) + 1e-3 * (w ** 2).sum())  # tiny ridge: finite if separable
-
-    a = minimize(nll, np.zeros(2), method="BFGS").x[0]
-    return float(1 / (1 + np.exp(-a)))

@@ -23,7 +23,7 @@ the ``hf`` or ``vllm`` backend; the teacher through its API; the preference prom
 
 Besides the raw win rate, preference reports a length-controlled win rate (as in
 AlpacaEval 2): a logistic fit of the outcome on the length difference to the teacher's
-answer, read at equal length (:func:`imitation_gap.analysis.stats.length_controlled_win_rate`).
+answer, read at equal length (:func:`length_controlled_win_rate`).
 
 Outputs: ``metrics/runs/<run>.json`` (DVC metrics) and ``eval/<run>/`` (answers, raw
 judgements, lm-eval samples).
@@ -41,7 +41,6 @@ import os
 import time
 from pathlib import Path
 
-from ..analysis.stats import length_controlled_win_rate
 from ..core.cli import run_cli
 from ..core.config import HubTask, Params, base_dir, check_cell, load_params, run_name
 from ..core.errors import ConfigError, DataError, EndpointError
@@ -229,6 +228,26 @@ def preference(p: Params, world: World, judge: Endpoint, prompts: list[dict], an
                       "lc_win_rate": length_controlled_win_rate(outcome, dlen),
                       **({"by_features": dict(sorted(by_features.items()))} if by_features else {})}
     return out, raw
+
+
+def length_controlled_win_rate(outcome: list[float], dlen: list[float]) -> float | None:
+    """AlpacaEval 2's idea for one model: fit P(win) = sigmoid(a + b * tanh(dlen / sd(dlen))) to the
+    outcomes (ties count 1/2) by maximum likelihood, and report sigmoid(a), the win rate the
+    model would have if its answers were as long as the teacher's.  None with < 2 outcomes."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    if len(outcome) < 2:
+        return None
+    y, d = np.asarray(outcome, float), np.asarray(dlen, float)
+    x = np.tanh(d / (d.std() or 1.0))
+
+    def nll(w):
+        z = w[0] + w[1] * x
+        return float(np.sum(np.logaddexp(0, z) - y * z) + 1e-3 * (w ** 2).sum())  # tiny ridge: finite if separable
+
+    a = minimize(nll, np.zeros(2), method="BFGS").x[0]
+    return float(1 / (1 + np.exp(-a)))
 
 
 # -- the stage -------------------------------------------------------------------------
