@@ -29,6 +29,20 @@ def plot(p: Params, agg: dict, paid: dict | None = None) -> list[str]:
             return 0, 0
         return max(0.0, s["mean"] - s["lo"]), max(0.0, s["hi"] - s["mean"])
 
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(PLOTS / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+    def rates_axis(ax, x, ticks: list[str], title: str, **tick_kw) -> None:
+        """The y axis, ticks, legend and title of a bar chart of win + tie rates against the teacher."""
+        ax.set_xticks(list(x), ticks, **tick_kw)
+        ax.set_ylabel("win + tie rate against the teacher")
+        ax.set_ylim(0, 1.05)
+        ax.legend()
+        ax.set_title(title)
+
     # capability vs amount (Figure 4 analogue)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, t in zip(axes, TASKS):
@@ -54,10 +68,7 @@ def plot(p: Params, agg: dict, paid: dict | None = None) -> list[str]:
     axes[0].set_ylabel("accuracy")
     axes[-1].legend(fontsize=7, loc="best")
     fig.suptitle("Capability against imitation data (95% CI)")
-    fig.tight_layout()
-    fig.savefig(PLOTS / "capability_vs_amount.png", dpi=110)
-    plt.close(fig)
-    files.append("capability_vs_amount.png")
+    save(fig, "capability_vs_amount.png")
 
     # preference (Figure 1 analogue)
     models = [(f"{s} base", B[s]) for s in p.grid.sizes] + [(label(c), v) for c, v in C.items() if c[2] == amounts[-1]]
@@ -68,15 +79,9 @@ def plot(p: Params, agg: dict, paid: dict | None = None) -> list[str]:
         ax.bar([i + off for i in x], [v["mean"] if v else 0 for v in vals], width=0.4, color=col,
                yerr=list(zip(*[err(v) for v in vals])), capsize=3, label=f"{r} rater")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(list(x), [n for n, _ in models], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("win + tie rate against the teacher")
-    ax.set_ylim(0, 1.05)
-    ax.legend()
-    ax.set_title("Blind pairwise preference against the teacher (95% CI)")
-    fig.tight_layout()
-    fig.savefig(PLOTS / "preference.png", dpi=110)
-    plt.close(fig)
-    files.append("preference.png")
+    rates_axis(ax, x, [n for n, _ in models], "Blind pairwise preference against the teacher (95% CI)",
+               rotation=45, ha="right", fontsize=8)
+    save(fig, "preference.png")
 
     # style vs amount (Table 2 analogue)
     keys = ("teacher_style_rate", "authoritative_rate", "confident_wrong_rate", "fact_accuracy")
@@ -102,10 +107,7 @@ def plot(p: Params, agg: dict, paid: dict | None = None) -> list[str]:
         ax.set_xlabel("imitation tokens (leftmost: base)")
         ax.set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(PLOTS / "style_vs_amount.png", dpi=110)
-    plt.close(fig)
-    files.append("style_vs_amount.png")
+    save(fig, "style_vs_amount.png")
 
     # what raters reward: win-or-tie by kind of answer, per rater (the table under "What raters reward")
     from .render import CELLS
@@ -122,15 +124,9 @@ def plot(p: Params, agg: dict, paid: dict | None = None) -> list[str]:
                  for y, c in zip(ys, cs)]
             ax.bar([j + (i - (len(raters) - 1) / 2) * width for j in x], ys, width=width, color=col,
                    yerr=list(zip(*e)), capsize=3, label=f"{r} rater")
-        ax.set_xticks(list(x), [t for _, t in CELLS], fontsize=8)
-        ax.set_ylabel("win + tie rate against the teacher")
-        ax.set_ylim(0, 1.05)
-        ax.legend()
-        ax.set_title("What raters reward: every judged pair, by kind of answer (95% Wilson CI)")
-        fig.tight_layout()
-        fig.savefig(PLOTS / "rater_rewards.png", dpi=110)
-        plt.close(fig)
-        files.append("rater_rewards.png")
+        rates_axis(ax, x, [t for _, t in CELLS],
+                   "What raters reward: every judged pair, by kind of answer (95% Wilson CI)", fontsize=8)
+        save(fig, "rater_rewards.png")
 
     # CSV for `dvc plots`
     rows = ["model,size,kind,amount," + ",".join(n.replace(".", "_") for n, _, _ in metric_paths())]
