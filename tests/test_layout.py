@@ -88,16 +88,24 @@ def stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, tuple[str, list[str]
     return out
 
 
+def imported_files(entry: str, mods: dict[str, Path], src: Path = SRC) -> list[str]:
+    """Repository-relative paths of every project module that running ``entry`` imports."""
+    return sorted(mods[m].relative_to(src.parent).as_posix() for m in closure(entry, mods))
+
+
+def under(path: str, dep: str) -> bool:
+    """Whether a DVC dep (a file or a folder) covers ``path``."""
+    return path == dep or path.startswith(dep + "/")
+
+
 def uncovered(dvc_yaml: Path = ROOT / "dvc.yaml", src: Path = SRC) -> list[str]:
     """``'<stage>: <file>'`` for each project file a stage's command imports that its deps do not cover."""
     mods = modules(src)
     out = []
     for stage, (entry, deps) in stages(dvc_yaml).items():
         assert entry in mods, f"{stage}: its command runs {entry}, which is not a module of src/{PKG}"
-        for m in sorted(closure(entry, mods)):
-            rel = mods[m].relative_to(src.parent).as_posix()
-            if not any(rel == d or rel.startswith(d + "/") for d in deps):
-                out.append(f"{stage}: {rel} (imported by its command, not in its deps)")
+        out += [f"{stage}: {rel} (imported by its command, not in its deps)"
+                for rel in imported_files(entry, mods, src) if not any(under(rel, d) for d in deps)]
     return out
 
 
@@ -106,9 +114,9 @@ def unused(dvc_yaml: Path = ROOT / "dvc.yaml", src: Path = SRC) -> list[str]:
     mods = modules(src)
     out = []
     for stage, (entry, deps) in stages(dvc_yaml).items():
-        files = {mods[m].relative_to(src.parent).as_posix() for m in closure(entry, mods)}
+        files = imported_files(entry, mods, src)
         out += [f"{stage}: {d} (imports nothing from it)" for d in deps
-                if d.startswith("src/") and not any(f == d or f.startswith(d + "/") for f in files)]
+                if d.startswith("src/") and not any(under(f, d) for f in files)]
     return out
 
 
