@@ -11,8 +11,11 @@ Run (each world takes about as long as ``make run``)::
 
     python -m imitation_gap.runner.worlds --worlds 1:0.5 2:1.5 --out docs/robustness.md
 
-``--keep DIR`` keeps the scratch clones (their ``REPORT.md``, metrics and models) under DIR.
-The default world's column comes from this checkout's ``metrics/summary.json``.
+``--keep DIR`` keeps the scratch clones (their ``REPORT.md``, metrics and models) under DIR;
+``--render-only --keep DIR`` writes the appendix again from clones kept there, without running.
+The default world's column comes from this checkout's ``metrics/summary.json`` (and its wall
+time is ``make run``'s, in the README), read each time the appendix is written, so results
+committed while the other worlds run still make it in.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -71,6 +75,49 @@ def run_world(root: Path, seed: int, scale: float, jobs: int, work: Path) -> dic
         "summary": json.loads((work / "metrics" / "summary.json").read_text())}
 
 
+def _run_wall(work: Path) -> float | None:
+    """Wall seconds of the last pipeline run in ``work`` (the runner's summary), or None."""
+    f = work / ".dvc" / "tmp" / "repro-logs" / "summary.json"
+    try:
+        return json.loads(f.read_text()).get("wall_s")
+    except (OSError, ValueError):
+        return None
+
+
+def kept_world(work: Path, seed: int, scale: float) -> dict:
+    """A world's column from a clone that ``run_world`` left under ``--keep``."""
+    summary = work / "metrics" / "summary.json"
+    if not summary.exists():
+        raise SystemExit(f"{summary} does not exist: run this world first (without --render-only), with --keep "
+                         f"{work.parent}")
+    fetch = yaml.safe_load((work / "params.yaml").read_text())["fetch"]
+    return {"seed": seed, "scale": scale, "wall_s": _run_wall(work), "people": {g: fetch[g] for g in GROUPS},
+            "summary": json.loads(summary.read_text())}
+
+
+def default_world(root: Path) -> dict | None:
+    """The default world's column: this checkout's committed results, or None if it has none."""
+    if not (root / "metrics" / "summary.json").exists():
+        return None
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    return {"name": f"default (seed {params['seed']})", "wall_s": None, "wall": "`make run`'s, in the README",
+            "summary": json.loads((root / "metrics" / "summary.json").read_text()),
+            "people": {g: params["fetch"][g] for g in GROUPS}}
+
+
+def machine() -> str:
+    """The CPU model and core count: chains are deterministic per machine type, not across types."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def _num(e: dict | None) -> str:
     if not e or e.get("mean") is None:
         return "n/a"
@@ -79,7 +126,7 @@ def _num(e: dict | None) -> str:
     return f"{e['mean']:.2f} [{e['lo']:.2f}, {e['hi']:.2f}]"
 
 
-def render(worlds: list[dict]) -> str:
+def render(worlds: list[dict], provenance: str = "") -> str:
     """The appendix: one column per world, every check and finding with its numbers."""
     head = ["world"] + [w["name"] for w in worlds]
     L = ["# Robustness: the default study on other worlds", "",
@@ -87,16 +134,19 @@ def render(worlds: list[dict]) -> str:
          "grid of `params.yaml`, run from scratch in a clone of the same commit, on a world of another seed and "
          "with every group's people count scaled; the default world's column is `metrics/summary.json`. A check "
          "passes, and a finding holds, when every one of its conditions holds at the CI bound against it "
-         "(REPORT.md explains the rules).", "",
+         "(REPORT.md explains the rules).", ""] + ([provenance, ""] if provenance else []) + [
          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     L.append("| people (A, B, C) | " + " | ".join(
         ", ".join(str(w["people"][g]) for g in GROUPS) if w.get("people") else "default" for w in worlds) + " |")
-    L.append("| wall time of the run | " + " | ".join(f"{w['wall_s'] / 60:.1f} min" if w.get("wall_s") else "-"
-                                                     for w in worlds) + " |")
+    L.append("| wall time of the run | " + " | ".join(f"{w['wall_s'] / 60:.1f} min" if w.get("wall_s") else
+                                                     w.get("wall", "-") for w in worlds) + " |")
     ids = list(worlds[0]["summary"].get("instruments", {}))
     for cid in ids:
         L.append(f"| check: {cid} | " + " | ".join(f"**{w['summary'].get('instruments', {}).get(cid, 'n/a')}**"
                                                  for w in worlds) + " |")
+    L.append("| checks passed | " + " | ".join(
+        f"**{sum(v == 'pass' for v in w['summary'].get('instruments', {}).values())}** of "
+        f"{len(w['summary'].get('instruments', {}))}" for w in worlds) + " |")
     for fid in worlds[0]["summary"].get("findings", {}):
         L.append(f"| {fid} | " + " | ".join(f"**{w['summary'].get('findings', {}).get(fid, 'n/a')}**"
                                           for w in worlds) + " |")
@@ -119,24 +169,45 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="docs/robustness.md")
     ap.add_argument("--keep", default="", help="keep the scratch clones under this directory")
+    ap.add_argument("--render-only", action="store_true",
+                    help="do not run: write the appendix from the clones kept under --keep")
     args = ap.parse_args(argv)
     setup_logging()
+    if args.render_only and not args.keep:
+        ap.error("--render-only needs --keep DIR, the directory the worlds were kept in")
     root = Path.cwd()
-    worlds = []
-    if (root / "metrics" / "summary.json").exists():
-        params = yaml.safe_load((root / "params.yaml").read_text())
-        worlds.append({"name": f"default (seed {params['seed']})", "summary": json.loads(
-            (root / "metrics" / "summary.json").read_text()), "people": {g: params["fetch"][g] for g in GROUPS}})
+    specs = []
+    for spec in args.worlds:
+        try:
+            seed, scale = int(spec.split(":")[0]), float(spec.split(":")[1])
+            if scale <= 0:
+                raise ValueError
+            specs.append((seed, scale))
+        except (ValueError, IndexError):
+            ap.error(f"--worlds: {spec!r} is not SEED:SCALE (e.g. 1:0.5, an integer seed and a positive factor)")
     base = Path(args.keep or tempfile.mkdtemp(prefix="ig-worlds-"))
     base.mkdir(parents=True, exist_ok=True)
+    others: list[dict] = []
+
+    def write() -> None:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=base / others[0]["dir"],
+                              capture_output=True, text=True).stdout.strip() if others else ""
+        prov = (f"The other worlds ran at commit `{head}`; this appendix was written on {machine()}. Chains are deterministic per machine "
+                f"type, not across types: another CPU draws other chains.") if head else ""
+        default = default_world(root)  # read now, not at the start: results committed meanwhile count
+        write_text_atomic(root / args.out, render(([default] if default else []) + others, prov))
+
     try:
-        for spec in args.worlds:
-            seed, scale = int(spec.split(":")[0]), float(spec.split(":")[1])
-            log.info("world seed=%d, people x%g", seed, scale)
-            w = run_world(root, seed, scale, args.jobs, base / f"seed{seed}-x{scale:g}")
-            w["name"] = f"seed {seed}, people x{scale:g}"
-            worlds.append(w)
-            write_text_atomic(root / args.out, render(worlds))  # after each world: nothing lost if a later one fails
+        for seed, scale in specs:
+            work = base / f"seed{seed}-x{scale:g}"
+            if args.render_only:
+                w = kept_world(work, seed, scale)
+            else:
+                log.info("world seed=%d, people x%g", seed, scale)
+                w = run_world(root, seed, scale, args.jobs, work)
+            w["name"], w["dir"] = f"seed {seed}, people x{scale:g}", work.name
+            others.append(w)
+            write()  # after each world: nothing lost if a later one fails
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
