@@ -101,6 +101,7 @@ def test_a_changed_param_reruns_that_stage_and_downstream_only(dag):
     r = parallel(dag, "-j", "2")
     assert ran(r.stderr) == {"x2", "join"}
     assert stamps(dag)["x2"]["value"] == 7
+    assert "s left" in r.stderr  # the progress bar's estimate, from the first run's stage times
     # targets: only what `dvc repro x1` would consider (x1 and root are up to date)
     assert "nothing to run" in parallel(dag, "x1").stderr
 
@@ -171,3 +172,28 @@ def test_lock_entries_of_stages_no_longer_defined_are_dropped_and_the_rest_kept(
     before = (dag / "dvc.lock").stat().st_mtime_ns
     assert "dropped" not in parallel(dag, "-j", "2").stderr
     assert (dag / "dvc.lock").stat().st_mtime_ns == before
+
+
+def test_time_left_comes_from_stage_costs_not_from_stages_per_second():
+    from imitation_gap.runner.parallel import Eta, _fmt_left
+
+    # the committed run took 200 s per pretraining stage and 5 s per eval stage
+    ref = {"base@L-0": 200.0, "base@L-1": 200.0, "eval@L-0": 5.0, "eval@L-1": 5.0}
+    eta = Eta(reference=ref)
+    left, sure = eta.left_s(list(ref), {}, jobs=2)
+    assert sure and left == pytest.approx(205.0)
+    # this machine turns out twice as slow: the rest is scaled by it; a running stage counts what is left of it
+    eta.done("base@L-0", 400.0)
+    left, sure = eta.left_s(["eval@L-0", "eval@L-1"], {"base@L-1": 100.0}, jobs=2)
+    assert sure and left == pytest.approx((10 + 10 + 300) / 2)
+    assert _fmt_left((left, sure)) == "~3 min left"
+    # no reference and no history: a family's finished chains stand for its others, a kind for its families;
+    # a stage of a kind never seen makes the estimate a lower bound, and it says so
+    eta = Eta()
+    eta.done("sft@S-broad-800-0", 6.0)
+    assert eta.cost("sft@S-broad-800-1") == 6.0 and eta.cost("sft@L-local-16000-2") == 6.0
+    left, sure = eta.left_s(["sft@S-broad-800-1", "report"] + [f"sft@M-x-{i}" for i in range(20)], {}, jobs=1)
+    assert not sure and left == pytest.approx(126.0) and _fmt_left((left, sure)) == ">= 2 min left"
+    # the last run here wins over the reference
+    assert Eta(history={"a": 3.0}, reference={"a": 100.0}).cost("a") == 3.0
+    assert Eta.load("/nonexistent/summary.json") == {}

@@ -41,7 +41,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -161,6 +163,70 @@ def warm_server(enabled: bool):
         yield dict(os.environ) | srv.env()
 
 
+REFERENCE = "bench/stage_times.json"  # each stage's wall time in the committed run (make run), for the ETA
+
+
+class Eta:
+    """Time left, from what each stage costs.  A pretraining stage costs ~30 evaluation stages, so stages per
+    second, as a plain progress bar counts them, says hours while minutes are left.
+
+    A stage's cost is its wall time in the last run here (``.dvc/tmp/repro-logs/summary.json``); else its
+    time in the committed run (``bench/stage_times.json``) times how much slower or faster this machine has
+    been on the stages finished so far; else the median of the finished stages of its family (the same
+    stage on other chains: ``sft@L-broad-800-*``), then of its kind (``sft``).  While some stage's cost is
+    unknown the estimate is a lower bound and says so."""
+
+    def __init__(self, history: dict[str, float] | None = None, reference: dict[str, float] | None = None):
+        self.history = dict(history or {})
+        self.reference = dict(reference or {})
+        self.took: dict[str, float] = {}
+
+    @staticmethod
+    def load(path) -> dict[str, float]:
+        """Wall seconds of the stages that ran in a run's ``summary.json`` (or ``bench/stage_times.json``), or {}."""
+        try:
+            stages = json.loads(open(path).read()).get("stages", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return {n: float(t["wall_s"]) for n, t in stages.items()
+                if isinstance(t, dict) and t.get("state", "ran") == "ran" and "wall_s" in t}
+
+    def done(self, name: str, secs: float) -> None:
+        self.took[name] = secs
+
+    def speed(self) -> float:
+        """This run's time / the reference's, over the stages both ran (1 before any)."""
+        ratios = [t / self.reference[n] for n, t in self.took.items() if self.reference.get(n)]
+        return statistics.median(ratios) if ratios else 1.0
+
+    def cost(self, name: str) -> float | None:
+        """Expected wall seconds of a stage, or None if nothing is known of it."""
+        if name in self.history:
+            return self.history[name]
+        if name in self.reference:
+            return self.reference[name] * self.speed()
+        for key in (lambda n: re.sub(r"-\d+$", "", n), lambda n: n.split("@")[0]):
+            same = [t for n, t in self.took.items() if key(n) == key(name)]
+            if same:
+                return statistics.median(same)
+        return None
+
+    def left_s(self, pending: list[str], running: dict[str, float], jobs: int) -> tuple[float, bool]:
+        """(seconds left with ``jobs`` stages at a time, whether every stage's cost is known); ``running``:
+        each running stage's seconds so far."""
+        costs = [self.cost(n) for n in pending] + [None if self.cost(n) is None else max(self.cost(n) - t, 0.0)
+                                                   for n, t in running.items()]
+        known = [c for c in costs if c is not None]
+        return sum(known) / max(1, min(jobs, len(costs))), len(known) == len(costs)
+
+
+def _fmt_left(left: tuple[float, bool]) -> str:
+    secs, sure = left
+    if not sure:
+        return f">= {secs / 60:.0f} min left" if secs >= 60 else ""
+    return f"~{secs / 60:.0f} min left" if secs >= 90 else f"~{secs:.0f} s left"
+
+
 def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: dict | None = None,
         backend=None, needs: dict[str, Needs] | None = None, gpus: GpuPool | None = None,
         cpus: int | None = None) -> int:
@@ -183,8 +249,11 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
     counts = {"ran": 0, "unchanged": 0}
     shown = ""
     times: dict[str, dict] = {}
+    eta = Eta(Eta.load(LOG_DIR / "summary.json"), Eta.load(REFERENCE))
     bar = tqdm(total=len(p.order), unit="stage", desc="dvc repro", dynamic_ncols=True, file=sys.stderr,
-               mininterval=1.0)
+               mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} stages "
+                                           "[{elapsed}{postfix}]")
+    last_eta = 0.0
     try:
         while pending or running:
             stop = failed and not keep_going
@@ -203,9 +272,10 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
                 job = backend.start(name, (env or dict(os.environ)) | gpus.env(got))
                 running[name] = (job, got, need.cpus)
             now = ", ".join(running) or "-"
-            if now != shown:  # the stages running now
-                bar.set_postfix_str(now, refresh=True)
-                shown = now
+            if now != shown or time.time() - last_eta > 5:  # the stages running now, and the time left
+                left = _fmt_left(eta.left_s(pending, {n: time.time() - r[0].t0 for n, r in running.items()}, jobs))
+                bar.set_postfix_str(f"{left}, {now}" if left else now, refresh=True)
+                shown, last_eta = now, time.time()
             if not running:
                 if pending:  # nothing can start: failures upstream (or a stop)
                     blocked |= set(pending)
@@ -224,6 +294,8 @@ def run(p: Plan, jobs: int, force: bool = False, keep_going: bool = False, env: 
                 if code == 0:
                     done.add(name)
                     state = "unchanged" if "didn't change, skipping" in text else "ran"
+                    if state == "ran":
+                        eta.done(name, secs)
                     tqdm.write(f"{state:>9}  {name}  ({secs:.1f} s)", file=sys.stderr)
                 else:
                     state = "failed"
