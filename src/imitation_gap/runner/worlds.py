@@ -95,12 +95,17 @@ def kept_world(work: Path, seed: int, scale: float) -> dict:
             "summary": json.loads(summary.read_text())}
 
 
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True).stdout.strip()
+
+
 def default_world(root: Path) -> dict | None:
     """The default world's column: this checkout's committed results, or None if it has none."""
     if not (root / "metrics" / "summary.json").exists():
         return None
     params = yaml.safe_load((root / "params.yaml").read_text())
     return {"name": f"default (seed {params['seed']})", "wall_s": None, "wall": "`make run`'s, in the README",
+            "commit": _git(root, "log", "-1", "--format=%h", "--", "metrics/summary.json"),
             "summary": json.loads((root / "metrics" / "summary.json").read_text()),
             "people": {g: params["fetch"][g] for g in GROUPS}}
 
@@ -131,13 +136,15 @@ def render(worlds: list[dict], provenance: str = "") -> str:
     head = ["world"] + [w["name"] for w in worlds]
     L = ["# Robustness: the default study on other worlds", "",
          "Written by `python -m imitation_gap.runner.worlds` (see its docstring). Each column is the whole default "
-         "grid of `params.yaml`, run from scratch in a clone of the same commit, on a world of another seed and "
-         "with every group's people count scaled; the default world's column is `metrics/summary.json`. A check "
+         "grid of `params.yaml`, run from scratch in a clone of the commit it names, on a world of another seed and "
+         "with every group's people count scaled; the default world's column is `metrics/summary.json` (its "
+         "commit: the one that committed it). A check "
          "passes, and a finding holds, when every one of its conditions holds at the CI bound against it "
          "(REPORT.md explains the rules).", ""] + ([provenance, ""] if provenance else []) + [
          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     L.append("| people (A, B, C) | " + " | ".join(
         ", ".join(str(w["people"][g]) for g in GROUPS) if w.get("people") else "default" for w in worlds) + " |")
+    L.append("| commit | " + " | ".join(f"`{w['commit']}`" if w.get("commit") else "-" for w in worlds) + " |")
     L.append("| wall time of the run | " + " | ".join(f"{w['wall_s'] / 60:.1f} min" if w.get("wall_s") else
                                                      w.get("wall", "-") for w in worlds) + " |")
     ids = list(worlds[0]["summary"].get("instruments", {}))
@@ -190,10 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     others: list[dict] = []
 
     def write() -> None:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=base / others[0]["dir"],
-                              capture_output=True, text=True).stdout.strip() if others else ""
-        prov = (f"The other worlds ran at commit `{head}`; this appendix was written on {machine()}. Chains are deterministic per machine "
-                f"type, not across types: another CPU draws other chains.") if head else ""
+        prov = (f"This appendix was written on {machine()}. Chains are deterministic per machine type, not across "
+                f"types: another CPU draws other chains.")
         default = default_world(root)  # read now, not at the start: results committed meanwhile count
         write_text_atomic(root / args.out, render(([default] if default else []) + others, prov))
 
@@ -205,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 log.info("world seed=%d, people x%g", seed, scale)
                 w = run_world(root, seed, scale, args.jobs, work)
-            w["name"], w["dir"] = f"seed {seed}, people x{scale:g}", work.name
+            w["name"] = f"seed {seed}, people x{scale:g}"
+            w["commit"] = _git(work, "rev-parse", "--short", "HEAD")
             others.append(w)
             write()  # after each world: nothing lost if a later one fails
     finally:
