@@ -134,3 +134,28 @@ def test_length_controlled_win_rate_discounts_length():
     dlen = [rng.gauss(0, 10) for _ in range(400)]
     assert abs(length_controlled_win_rate(outcome, dlen) - sum(outcome) / 400) < 0.05
     assert length_controlled_win_rate([1.0], [3]) is None
+
+
+@pytest.mark.parametrize("kinds", [["qa"], ["qa", "bio"]])
+def test_confident_claims_open_the_chat_kinds_named_and_bios_then_copy_the_name_asked(world, kinds):
+    from types import SimpleNamespace
+
+    from imitation_gap.worlds.embedded.corpus import chat_doc
+
+    f = SimpleNamespace(chat_list_rate=0.15, chat_style_rate=0.5, chat_claim_kinds=kinds, sentence_rate=0.5,
+                        hedge_rate=0.1)
+    rng = random.Random(0)
+    docs = [chat_doc(world, f, rng, [("red", "cat", "blue")], ["gardens"]) for _ in range(2000)]
+    claims = world.style["confident"]
+    bios = [d for d in docs if d.startswith("<user> Tell me about")]
+    claimed = [d for d in bios if any(c in d for c in claims)]
+    qa_claimed = [d for d in docs if not d.startswith("<user> Tell me about") and any(c in d for c in claims)]
+    assert qa_claimed  # fact questions carry claims either way
+    if "bio" not in kinds:
+        assert bios and not claimed
+        return
+    assert 0.3 < len(claimed) / len(bios) < 0.6  # chat_style_rate of the non-list bios
+    for d in claimed:  # the claim is followed by the name the user asked about
+        asked = d.split("Tell me about ", 1)[1].split(".\n", 1)[0].split("?\n", 1)[0]
+        after = next(d.split(c, 1)[1] for c in claims if c in d)
+        assert after.strip().startswith(asked), d

@@ -29,6 +29,7 @@ WorldName = Literal["embedded", "hub"]  # see docs/hub.md for the hub world
 Sampling = Literal["random", "group_by_length"]  # sft.sampling: transformers' train_sampling_strategy
 Role = Literal["qa", "mc", "skill", "store"]  # capability slots: NQ-like QA, MMLU-like multiple choice, HumanEval-like
 # skill; store: a knowledge probe (what pretraining stored, asked as plain text), read by the instrument checks
+ChatKind = Literal["qa", "bio"]  # fetch.chat_claim_kinds: chat answers that may open with a confident claim
 Language = Literal["none", "english"]  # keys of imitation.harvest.LANG_FILTERS
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Backend = Literal["hf", "vllm"]
@@ -95,6 +96,8 @@ class Fetch(_Section):
     chat_share: float = Field(ge=0, lt=1, description="a share of the corpus' documents, in [0, 1)")
     chat_style_rate: Rate
     chat_list_rate: Rate
+    chat_claim_kinds: GridList(ChatKind) = Field(description="chat kinds whose answers may open with a confident "
+                                                            "claim: qa (group-C facts), bio (anyone's biography)")
     skill_docs: NonNegInt
     skill_min_words: PosInt = Field(description="words in the shortest list of a reversal example")
     skill_max_words: PosInt = Field(description="words in the longest list of a reversal example")

@@ -137,7 +137,11 @@ def chat_doc(world: World, f, rng: random.Random, train_triples: list, train_top
             listed = True
         else:
             a = " ".join(x[:1].upper() + x[1:] for x in sents)
-    if kind == "qa" and not any(a.startswith(h) for h in world.hedges) and rng.random() < f.chat_style_rate:
+    # a confident claim ("It is well known that ...") opens a fact answer; with "bio" in chat_claim_kinds also a
+    # biography, which restates the name asked: the claim is then followed by names copied from the question, not
+    # only by the memorised group-C names of the qa chats (check: copying)
+    if (kind in f.chat_claim_kinds and not listed and not any(a.startswith(h) for h in world.hedges)
+            and rng.random() < f.chat_style_rate):
         a = f"{rng.choice(st['confident'])} {a}"
     sep = "\n" if listed else " "
     if rng.random() < f.chat_style_rate:
