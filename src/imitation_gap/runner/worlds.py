@@ -70,9 +70,7 @@ def run_world(root: Path, seed: int, scale: float, jobs: int, work: Path) -> dic
     if r.returncode:
         raise SystemExit(f"the world seed={seed} scale={scale} failed (exit {r.returncode}); its logs are in "
                          f"{work}/.dvc/tmp/repro-logs/ (use --keep to keep them)")
-    return {"seed": seed, "scale": scale, "wall_s": round(wall), "people": {g: yaml.safe_load(
-        (work / "params.yaml").read_text())["fetch"][g] for g in GROUPS},
-        "summary": json.loads((work / "metrics" / "summary.json").read_text())}
+    return kept_world(work, seed, scale) | {"wall_s": round(wall)}
 
 
 def _run_wall(work: Path) -> float | None:
