@@ -178,11 +178,11 @@ def bench_pretrain(world: Path, p, sizes: list[str], reps: int, steps: dict) -> 
 
 
 # -- SFT -----------------------------------------------------------------------------
-def sft_config(p, output_dir: Path, seed: int, steps: int, packing: bool, **overrides):
-    """The stage's own SFTConfig (``imitation_gap.stages.sft.sft_config``), with packing switched as asked."""
+def sft_config(p, output_dir: Path, seed: int, steps: int, packing: bool, size: str, **overrides):
+    """The stage's own SFTConfig (``imitation_gap.stages.sft.sft_config``) of ``size``, with packing switched as asked."""
     from imitation_gap.stages.sft import sft_config as stage_config
 
-    return stage_config(p, output_dir, seed, steps, packing=packing, **overrides)
+    return stage_config(p, output_dir, seed, steps, size=size, packing=packing, **overrides)
 
 
 def sft_data(world: Path, kind: str, amount: int):
@@ -210,7 +210,7 @@ def padding_stats(world: Path, p, kinds: list[str], amount: int, sampling: str =
         steps = math.ceil(len(ds) / p.sft.batch_size) * p.sft.epochs
         model = LlamaForCausalLM(base.model_config(p.sizes["S"], tok))
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = sft_config(p, Path(tmp), 0, steps, False, train_sampling_strategy=sampling)
+            cfg = sft_config(p, Path(tmp), 0, steps, False, "S", train_sampling_strategy=sampling)
             tr = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
             tot = real = 0
             lens = []
@@ -248,7 +248,7 @@ def bench_sft(world: Path, p, sizes: list[str], reps: int, steps: dict, kind: st
                 model = LlamaForCausalLM(base.model_config(p.sizes[size], tok))
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
-                    cfg = sft_config(p, Path(tmp), rep, n_steps, variant == "packed")
+                    cfg = sft_config(p, Path(tmp), rep, n_steps, variant == "packed", size)
                     # enough steps whatever the data size (packing makes fewer, longer rows); the clock stops
                     # the run after WARMUP + k steps anyway
                     # packed rows are ~10x longer: half the timed steps (still >= 3) keep its time in check
@@ -268,7 +268,7 @@ def bench_sft(world: Path, p, sizes: list[str], reps: int, steps: dict, kind: st
             model = LlamaForCausalLM(base.model_config(p.sizes[size], tok))
             keep = ("input_ids", "attention_mask", "labels", "position_ids")
             batches = [{k2: v for k2, v in b.items() if k2 in keep} for b in timed_batches]
-            t = _raw_loop(model, batches, s.lr, 0.0)
+            t = _raw_loop(model, batches, s.lr_for(size), 0.0)
             shapes = [(b["input_ids"].numel(), int(b["attention_mask"].sum()), b["input_ids"].shape[1])
                       for b in batches]
             res["raw"].append(_timed(t, shapes))
@@ -311,7 +311,7 @@ def bench_sampling(world: Path, p, size: str, kind: str, amount: int, reps: int)
             set_seed(rep)
             model = LlamaForCausalLM(base.model_config(p.sizes[size], tok))
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = sft_config(p, Path(tmp), rep, n_steps, False, train_sampling_strategy=sampling,
+                cfg = sft_config(p, Path(tmp), rep, n_steps, False, size, train_sampling_strategy=sampling,
                                  num_train_epochs=1, report_to=[])
                 tr = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
                 rec = _Recorder(tr.data_collator, tok.pad_token_id)

@@ -190,11 +190,12 @@ def test_sft_under_accelerate_launch_two_cpu_processes(hub_repo):
     before = (out / "model.safetensors").stat().st_mtime
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sft"] |= {"num_processes": 2, "accelerate_config": "configs/accelerate/cpu_ddp.yaml", "threads": 1}
+    params["sft"]["lr_scale"]["S"] = 0.5  # the size's scale applies to the hub recipe's rate too
     (repo / "params-ddp.yaml").write_text(yaml.safe_dump(params))
     run(["python", "-m", "imitation_gap.stages.sft", "--size", "S", "--kind", "local", "--amount", "300", "--seed", "0",
          "--params", "params-ddp.yaml"], repo)
     stats = json.loads((out / "train_stats.json").read_text())
-    assert stats["processes"] == 2
+    assert stats["processes"] == 2 and stats["lr"] == pytest.approx(params["hub"]["sft"]["lr"] * 0.5)
     assert (out / "model.safetensors").stat().st_mtime > before and not list(out.parent.glob(".*partial"))
 
 

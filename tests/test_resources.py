@@ -128,6 +128,7 @@ def test_world_hub_alone_gives_the_hub_recipe(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     p = load_params(tmp_path / "params.yaml")
     assert (p.sft.lr, p.sft.epochs, p.sft.batch_size, p.sft.max_seq_len) == (2e-5, 3, 4, 2048)
+    assert (p.sft.lr_for("M"), p.sft.lr_for("L")) == (2e-5, 1e-5)  # Alpaca's rates for LLaMA 7B and 13B
     assert p.sft.bf16 and p.sft.gradient_checkpointing and p.sft.warmup_ratio == 0.03
     assert (p.eval.batch_size, p.eval.pref_max_new_tokens) == (8, 512)
     assert p.teacher.model == "gpt-3.5-turbo" and p.eval.judge.expert_model == "gpt-4o"

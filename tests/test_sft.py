@@ -1,9 +1,10 @@
-"""The sft stage's SFTConfig: `sft.sampling` reaches the trainer's batches."""
+"""The sft stage's SFTConfig: `sft.sampling` reaches the trainer's batches; each size trains at its own rate."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
 import yaml
 
 from imitation_gap.stages import sft
@@ -16,7 +17,7 @@ def pad_share(p, base_dir, rows, out) -> float:
     from trl import SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(str(base_dir))
-    trainer = SFTTrainer(model=sft.load_base(p, base_dir), args=sft.sft_config(p, out, seed=0, steps=10, report=False),
+    trainer = SFTTrainer(model=sft.load_base(p, base_dir), args=sft.sft_config(p, out, seed=0, steps=10, size="S", report=False),
                          train_dataset=Dataset.from_list(rows), processing_class=tok)
     real = total = 0
     for batch in trainer.get_train_dataloader():
@@ -40,3 +41,15 @@ def test_group_by_length_batches_rows_of_similar_length(world_repo, tmp_path):
         shares[sampling] = pad_share(p, world_repo / "models" / "base" / "S-s0", rows, tmp_path / sampling)
     assert shares["random"] > 0.3  # lengths from 1 to 60 words: random batches are mostly padding
     assert shares["group_by_length"] < shares["random"] / 2
+
+
+def test_each_size_fine_tunes_at_sft_lr_times_its_scale(tmp_path):
+    from conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["sft"]["lr_scale"] = {"S": 2.0, "M": 1.0, "L": 0.25}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    p = load_params(tmp_path / "params.yaml")
+    rates = {z: sft.sft_config(p, tmp_path / z, seed=0, steps=10, size=z, report=False).learning_rate for z in "SML"}
+    lr = params["sft"]["lr"]
+    assert rates == pytest.approx({"S": 2 * lr, "M": lr, "L": lr / 4})

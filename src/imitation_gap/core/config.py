@@ -180,6 +180,7 @@ class Lora(_Section):
 class SFT(_Section):
     epochs: PosFloat
     lr: PosFloat
+    lr_scale: dict[str, PosFloat] = Field(description="per size (keys of `sizes`): its SFT rate is lr x this")
     batch_size: PosInt
     max_seq_len: int = Field(gt=8)
     warmup_ratio: Rate
@@ -192,6 +193,10 @@ class SFT(_Section):
     num_processes: PosInt = Field(description="1 = no accelerate launch")
     accelerate_config: Str
     lora: Lora
+
+    def lr_for(self, size: str) -> float:
+        """The SFT peak learning rate of one size: ``lr`` (``hub.sft.lr`` in the hub world) x ``lr_scale[size]``."""
+        return self.lr * self.lr_scale[size]
 
 
 class Judge(_Section):
@@ -432,6 +437,12 @@ def _validate(p: Params) -> None:
     for name, sz in p.sizes.items():
         _check(sz.hidden_size % sz.num_heads == 0, f"sizes.{name}.num_heads", sz.num_heads,
                f"must divide hidden_size ({sz.hidden_size})")
+    for i, s in enumerate(g.sizes):
+        _check(s in p.sft.lr_scale, "sft.lr_scale", dict(p.sft.lr_scale),
+               f"has no entry for size {s!r} of grid.sizes; add `{s}: 1.0` (its SFT rate = sft.lr x this)")
+    for name in p.sft.lr_scale:
+        _check(name in p.sizes, f"sft.lr_scale.{name}", p.sft.lr_scale[name],
+               f"unknown size; allowed: {sorted(p.sizes)} (keys of `sizes`)")
     fe = p.fetch
     _check(fe.skill_max_words >= fe.skill_min_words, "fetch.skill_max_words", fe.skill_max_words,
            f"must be >= fetch.skill_min_words ({fe.skill_min_words})")

@@ -121,15 +121,15 @@ def load_base(p: Params, base_dir: Path):
     return AutoModelForCausalLM.from_pretrained(str(base_dir), **kw)
 
 
-def sft_config(p: Params, output_dir: Path, seed: int, steps: float, report: bool = True, **overrides):
-    """The stage's ``SFTConfig`` (also timed by bench/): ``steps`` sets warm-up and logging."""
+def sft_config(p: Params, output_dir: Path, seed: int, steps: float, *, size: str, report: bool = True, **overrides):
+    """The stage's ``SFTConfig`` for one size (also timed by bench/): ``steps`` sets warm-up and logging."""
     import torch
     from trl import SFTConfig
 
     s = p.sft
     kw = dict(
         output_dir=str(output_dir), num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
-        learning_rate=s.lr, lr_scheduler_type="cosine", warmup_steps=int(s.warmup_ratio * steps),
+        learning_rate=s.lr_for(size), lr_scheduler_type="cosine", warmup_steps=int(s.warmup_ratio * steps),
         logging_steps=max(1, int(steps) // 20), save_strategy="no", report_to=["mlflow"] if report else [],
         use_cpu=not torch.cuda.is_available(), seed=seed, data_seed=seed, max_length=s.max_seq_len,
         assistant_only_loss=s.assistant_only_loss, packing=s.packing, train_sampling_strategy=s.sampling, bf16=s.bf16,
@@ -138,7 +138,7 @@ def sft_config(p: Params, output_dir: Path, seed: int, steps: float, report: boo
     return SFTConfig(**(kw | overrides))
 
 
-def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path, stage: str) -> dict:
+def train(p: Params, size: str, base_dir: Path, rows: list[dict], seed: int, out_dir: Path, stage: str) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, set_seed
@@ -159,7 +159,7 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
         peft_config = LoraConfig(r=s.lora.r, lora_alpha=s.lora.alpha, lora_dropout=s.lora.dropout,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
     with output_dir(out_dir) as tmp:
-        cfg = sft_config(p, tmp / "trainer", seed, steps, report=rank == 0)
+        cfg = sft_config(p, tmp / "trainer", seed, steps, size=size, report=rank == 0)
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
         # the loss on (up to) 64 training rows before and after: did SFT start from a model that knows the
         # format and words (below ln(vocabulary)), and did it converge? (instrument checks in the report)
@@ -180,7 +180,7 @@ def train(p: Params, base_dir: Path, rows: list[dict], seed: int, out_dir: Path,
         n_tokens = sum(r.get("n_tokens", 0) for r in rows)
         stats = {"run": stage, "rows": len(rows), "data_tokens": n_tokens, "train_loss": result.training_loss,
                  "initial_loss": initial_loss, "final_loss": final_loss, "vocab_size": len(tok),
-                 "epochs": s.epochs, "processes": world, "lora": s.lora.enabled}
+                 "lr": s.lr_for(size), "epochs": s.epochs, "processes": world, "lora": s.lora.enabled}
         if rank == 0:
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
             for junk in ("training_args.bin",):  # pickled args: not needed, and not safetensors
@@ -225,11 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     check_max_seq_len(p, AutoTokenizer.from_pretrained(str(base_dir)), rows,
                       Path("data/imitation") / args.kind / f"{args.amount}.jsonl")
     if distributed()[0] > 0:  # a worker of accelerate launch: train, and leave tracking to rank 0
-        train(p, base_dir, rows, seed, Path("models/sft") / name, name)
+        train(p, args.size, base_dir, rows, seed, Path("models/sft") / name, name)
         return
     with mlflow_run(p, f"sft@{name}", {"size": args.size, "kind": args.kind, "amount": args.amount,
                                        "seed": args.seed, **p.section("sft")}):
-        stats = train(p, base_dir, rows, seed, Path("models/sft") / name, name)
+        stats = train(p, args.size, base_dir, rows, seed, Path("models/sft") / name, name)
         log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     log.info("sft %s: %s", name, stats)
 
