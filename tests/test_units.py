@@ -95,6 +95,9 @@ def test_gap_closed():
     assert stats.gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
     assert stats.gap_closed(0.1, 0.2, 0.8) == pytest.approx(-1 / 6)
     assert stats.gap_closed(0.5, 0.3, 0.3) is None
+    assert stats.gap_closed(0.85, 0.997, 1.0) == pytest.approx(-49.0)  # what a tiny gap does to the ratio
+    assert stats.gap_closed(0.85, 0.997, 1.0, min_gap=0.05) is None  # so the report shows n/a there
+    assert stats.gap_closed(0.9, 0.8, 1.0, min_gap=0.05) == pytest.approx(0.5)
 
 
 def test_hub_converters_read_sharegpt_hc3_nq_and_koala_records():

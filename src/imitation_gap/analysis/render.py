@@ -219,7 +219,8 @@ def render(p: Params, agg: dict, gaps: dict, checks: list[dict], finds: list[dic
     L += ["## Capability and preference, every model", "",
           "Tasks: " + "; ".join(task_title(agg, t) for t in TASKS) + ".", "",
           "Capability is lm-eval accuracy on held-out (group B) people; preference is the win+tie rate against the "
-          "teacher on held-out prompts, judged blind in both orders. Gap closed = (model - base) / (teacher - base).",
+          "teacher on held-out prompts, judged blind in both orders. Gap closed = (model - base) / (teacher - base); n/a where the teacher is less "
+          f"than {p.report.gap_min:g} above the base (`report.gap_min`): there is no gap to close.",
           "",
           "| model | QA | MC | skill | knowledge probe | non-expert win+tie | expert win+tie | gap closed QA | "
           "gap closed MC | gap closed skill |", "|---|---|---|---|---|---|---|---|---|---|"]

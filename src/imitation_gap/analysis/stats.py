@@ -114,8 +114,9 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def gap_closed(model: float, base: float, teacher: float) -> float | None:
-    """(model - base) / (teacher - base), as in the paper; None when teacher == base."""
-    if teacher is None or base is None or model is None or abs(teacher - base) < 1e-9:
+def gap_closed(model: float, base: float, teacher: float, min_gap: float = 0.0) -> float | None:
+    """(model - base) / (teacher - base), as in the paper; None when the teacher is not at least ``min_gap``
+    above the base (no gap to close: a base at 0.997 against a teacher at 1.00 made a change of -0.13 read -43)."""
+    if teacher is None or base is None or model is None or teacher - base < max(min_gap, 1e-9):
         return None
     return (model - base) / (teacher - base)

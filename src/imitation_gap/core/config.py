@@ -320,6 +320,7 @@ class Findings(_Section):
 
 class Report(_Section):
     level: float = Field(gt=0, lt=1, description="a confidence level, e.g. 0.95")
+    gap_min: float = Field(ge=0, le=1, description="an accuracy difference in [0, 1]")
     checks: Checks
     findings: Findings
 

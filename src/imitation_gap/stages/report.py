@@ -97,7 +97,8 @@ def build(p: Params) -> dict:
     for (s, k, a), v in agg["cells"].items():
         gaps[label((s, k, a))] = {t: gap_closed(v.get(f"capability.{t}", {}).get("mean"),
                                                 agg["base"][s].get(f"capability.{t}", {}).get("mean"),
-                                                agg["teacher"].get(f"capability.{t}", {}).get("mean"))
+                                                agg["teacher"].get(f"capability.{t}", {}).get("mean"),
+                                                p.report.gap_min)
                                   for t in TASKS}
     world = get_world(p)
     chains = {"sizes": p.grid.sizes, "amounts": p.grid.amounts, "teacher": data["teacher"], "base": data["base"],
