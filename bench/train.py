@@ -179,7 +179,7 @@ def bench_pretrain(world: Path, p, sizes: list[str], reps: int, steps: dict) -> 
 
 # -- SFT -----------------------------------------------------------------------------
 def sft_config(p, output_dir: Path, seed: int, steps: int, packing: bool, size: str, **overrides):
-    """The stage's own SFTConfig (``imitation_gap.stages.sft.sft_config``) of ``size``, with packing switched as asked."""
+    """The stage's own SFTConfig (``imitation_gap.stages.sft.sft_config``) of ``size``, packing switched as asked."""
     from imitation_gap.stages.sft import sft_config as stage_config
 
     return stage_config(p, output_dir, seed, steps, size=size, packing=packing, **overrides)

@@ -17,8 +17,9 @@ def pad_share(p, base_dir, rows, out) -> float:
     from trl import SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(str(base_dir))
-    trainer = SFTTrainer(model=sft.load_base(p, base_dir), args=sft.sft_config(p, out, seed=0, steps=10, size="S", report=False),
-                         train_dataset=Dataset.from_list(rows), processing_class=tok)
+    args = sft.sft_config(p, out, seed=0, steps=10, size="S", report=False)
+    trainer = SFTTrainer(model=sft.load_base(p, base_dir), args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
     real = total = 0
     for batch in trainer.get_train_dataloader():
         real += int(batch["attention_mask"].sum())
