@@ -19,13 +19,13 @@ import pytest
 from conftest import env
 
 PROBE = '''
-import os, sys, time
+import gc, os, sys, time
 from imitation_gap.core.cli import run_cli
 from imitation_gap.core.errors import ConfigError
 
 def main(argv):
     print("pid", os.getpid(), "cwd", os.getcwd(), "argv", sys.argv[1:], "x", os.environ.get("PROBE_X"),
-          "warm", os.environ.get("IMITATION_GAP_WARM"), flush=True)
+          "warm", os.environ.get("IMITATION_GAP_WARM"), "frozen", gc.get_freeze_count(), flush=True)
     mode = sys.argv[1]
     if mode == "ok":
         open("out.txt", "w").write("done")
@@ -83,6 +83,7 @@ def test_runs_in_a_forked_child_with_the_commands_cwd_argv_env_and_streams(serve
     assert (work / "out.txt").read_text() == "done"  # in the command's working directory
     assert f"cwd {work}" in out and "argv ['ok', '--flag']" in out and "x 42" in out
     assert "warm None" in out  # processes the stage starts run cold
+    assert int(out.split("frozen ")[1].split()[0]) > 1000  # the server's objects: out of the child's collections
     assert fields(out)["pid"] != p.pid  # it ran in the server's child, not in the command
     assert float((work / "cpu.txt").read_text().split()[0]) > 0  # the child's CPU, for the runner's summary
 

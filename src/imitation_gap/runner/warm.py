@@ -15,7 +15,10 @@ Ctrl-C / SIGTERM of the command are passed on to the child.
 DVC sees nothing different: it runs the same command, which ends with the stage's exit
 code after the stage's outputs are written, and it hashes deps and outs as always.  The
 imports are the only thing shared: the server runs no torch op, opens no database and
-starts no thread before it forks, and each child re-seeds Python's ``random``.
+starts no thread before it forks, and each child re-seeds Python's ``random``.  The server
+moves the imports' objects out of the garbage collector's reach (``gc.freeze``) before it
+serves: a child's full collection (the Trainer runs one at its end) then walks only what the
+stage made, not the ~760k objects of the libraries (0.36 s a collection).
 
 Without ``$IMITATION_GAP_WARM`` (plain ``dvc repro``, ``dvc exp run``, a direct call) or when
 the server does not answer, the command runs cold in its own process, as before.
@@ -167,6 +170,7 @@ def _alive(pid: int) -> bool:
 def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_ATTRS,
           parent: int | None = None) -> None:
     """Import once, then fork one child per connection until SIGTERM or ``parent`` (default: ours) exits."""
+    import gc
     import threading
 
     parent = parent or os.getppid()
@@ -178,6 +182,8 @@ def serve(path: str, modules: tuple[str, ...] = PRELOAD, attrs: tuple = PRELOAD_
     mine = _import_env(dict(os.environ))  # as started, before any library could change it
     code = _code_stamp()
     secs = preload(modules, attrs)
+    gc.collect()
+    gc.freeze()  # the imports' ~760k objects: a child's full collections skip them (~0.36 s each otherwise)
     if threading.active_count() > 1:  # a thread would not survive fork: refuse rather than hang a stage
         print(f"warm: {threading.active_count() - 1} thread(s) after the imports; not serving", file=sys.stderr)
         srv.close()
