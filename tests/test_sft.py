@@ -54,3 +54,34 @@ def test_each_size_fine_tunes_at_sft_lr_times_its_scale(tmp_path):
     rates = {z: sft.sft_config(p, tmp_path / z, seed=0, steps=10, size=z, report=False).learning_rate for z in "SML"}
     lr = params["sft"]["lr"]
     assert rates == pytest.approx({"S": 2 * lr, "M": lr, "L": lr / 4})
+
+
+def test_the_trainers_mlflow_rows_are_written_synchronously(world_repo, tmp_path, monkeypatch):
+    """`log_synchronously`: the Trainer's MLflow callback logs without MLflow's async queue (whose shutdown
+    waits up to a second per stage), and the run still gets the Trainer's parameters and loss rows."""
+    import mlflow
+    from datasets import Dataset
+    from mlflow.tracking import MlflowClient
+    from transformers import AutoTokenizer
+    from transformers.integrations import MLflowCallback
+    from trl import SFTTrainer
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    p = load_params(world_repo / "params.yaml")
+    base = world_repo / "models" / "base" / "S-s0"
+    rows = [{"messages": [{"role": "user", "content": "tell me"}, {"role": "assistant", "content": "Cestra."}]}] * 8
+    args = sft.sft_config(p, tmp_path / "out", seed=0, steps=4, size="S", report=True, max_steps=4, logging_steps=1)
+    trainer = SFTTrainer(model=sft.load_base(p, base), args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=AutoTokenizer.from_pretrained(str(base)))
+    sft.log_synchronously(trainer)
+    callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, MLflowCallback)]
+    assert len(callbacks) == 1
+    with mlflow.start_run() as run:
+        trainer.train()
+        assert callbacks[0]._async_log is False
+        assert not mlflow.tracking._get_store()._async_logging_queue.is_active()  # nothing went through the queue
+    client = MlflowClient(uri)
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 4  # logging_steps=1, 4 steps
+    assert "learning_rate" in client.get_run(run.info.run_id).data.params
