@@ -246,3 +246,50 @@ def test_atomic_writes_keep_the_files_mode_and_dvcs_bytes(tmp_path):
     stale = tmp_path / f".dvc.lock.{2 ** 22 + 7}.abc123.tmp"  # a pid above the kernel's limit: no such process
     stale.write_text("half")
     assert dvcrun.sweep(tmp_path) == [stale] and not stale.exists()
+
+
+def test_the_spliced_lock_dump_is_dvcs_whole_dump():
+    """dvcrun's dump of dvc.lock re-dumps only the entries that changed; on the study's own lock, edited as
+    `dvc repro` edits it (an entry updated, the first and the last, one added, one removed), the text is
+    what DVC's dumper writes for the whole lock.  What it cannot split it leaves to the whole dump."""
+    import copy
+
+    from dvc.utils.serialize import _yaml
+
+    from imitation_gap.runner import dvcrun
+
+    text = (Path(__file__).resolve().parents[1] / "dvc.lock").read_text()
+    read = _yaml.parse_yaml(text, "dvc.lock")
+    prints = dvcrun._fingerprints(read)
+    names = list(read["stages"])
+
+    def whole(data) -> str:
+        return _yaml.dumps_yaml(data)
+
+    def edited(edit) -> dict:
+        data = copy.deepcopy(read)
+        edit(data["stages"])
+        return data
+
+    def one_md5(stages, name):
+        stages[name] = copy.deepcopy(stages[name]) | {"outs": [o | {"md5": "0" * 32} for o in stages[name]["outs"]]}
+
+    cases = {
+        "unchanged": lambda st: None,
+        "middle": lambda st: one_md5(st, names[len(names) // 2]),
+        "first and last": lambda st: (one_md5(st, names[0]), one_md5(st, names[-1])),
+        "a param": lambda st: st[names[5]]["params"]["params.yaml"].update(seed=12345),
+        "added": lambda st: st.update({"sft@XL-broad-800-0": copy.deepcopy(st[names[-2]])}),
+        "removed": lambda st: st.pop(names[3]),
+    }
+    for case, edit in cases.items():
+        data = edited(edit)
+        spliced = dvcrun.splice_lock(text, prints, data, _yaml._dump)
+        assert spliced is not None, case
+        assert spliced == whole(data), case
+    assert dvcrun.splice_lock(text, prints, read, _yaml._dump) == text
+    # what it leaves to the whole dump
+    shared = edited(lambda st: st.update({"extra": st[names[0]]}))  # one object twice: DVC writes an anchor
+    assert dvcrun.splice_lock(text, prints, shared, _yaml._dump) is None
+    assert dvcrun.splice_lock(text.replace("\n  fetch:", "\n    fetch:", 1), prints, read, _yaml._dump) is None
+    assert dvcrun.splice_lock(text, None, read, _yaml._dump) is None

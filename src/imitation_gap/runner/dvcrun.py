@@ -24,6 +24,15 @@ gives the same data, and DVC's own dumper then writes the same bytes (``tests/te
 checks both paths against each other).  This module parses ``dvc.lock`` that way; every other
 file, and a ``dvc.lock`` with a ``#`` anywhere in it, goes through DVC's round-trip loader as usual.
 
+**Spliced lock dump.**  DVC then dumps the whole lock again (ruamel's pure-Python emitter, ~0.6 s on
+that file) for the one stage whose entry changed.  When the lock was read by the fast loader, the
+wrapper writes the text of every entry that did not change as it was read, and dumps only the
+entries that did (with DVC's dumper, under the same ``stages:`` key, so in the same context).  An
+entry's text depends only on its data, so the result is the text the whole dump gives
+(``tests/test_dvcrun.py`` compares them on the study's lock, edited every way ``dvc`` edits it); a lock
+it cannot split into one block per entry, or whose data shares objects (YAML anchors), is dumped
+whole.
+
 Test hook: ``IMITATION_GAP_LOCK_PAUSE=<point>:<marker file>`` makes the first process that reaches
 ``<point>`` of a ``dvc.lock`` write (``open``: temporary file created; ``write``: half the text
 written; ``fsync``: all written and synced, not yet renamed; ``replace``: renamed) create the
@@ -59,11 +68,86 @@ def fast_lock_loader() -> None:
 
     def parse_yaml_for_update(text, path):
         if os.path.basename(str(path)) == "dvc.lock" and "#" not in text:
-            return _yaml.parse_yaml(text, path)  # plain dicts and lists: DVC's dumper takes them alike
+            data = _yaml.parse_yaml(text, path)  # plain dicts and lists: DVC's dumper takes them alike
+            _READ[os.path.realpath(os.fspath(path))] = (text, _fingerprints(data))
+            return data
         return round_trip(text, path)
 
     parse_yaml_for_update.fast_lock = True  # type: ignore[attr-defined]
     _yaml.parse_yaml_for_update = parse_yaml_for_update  # modify_yaml looks it up at each call
+
+
+# -- spliced dumps of dvc.lock --------------------------------------------------------------
+_READ: dict[str, tuple[str, dict[str, str] | None]] = {}  # dvc.lock as the fast loader read it: text, entries
+_HEAD = "schema: '2.0'\nstages:\n"
+
+
+def _fingerprints(data) -> dict[str, str] | None:
+    """Each stage entry of a lock, as text that differs whenever the entry (its values, types or order) does."""
+    import json
+
+    if not isinstance(data, dict) or list(data) != ["schema", "stages"] or not isinstance(data["stages"], dict):
+        return None
+    try:
+        return {name: json.dumps(entry, default=repr) for name, entry in data["stages"].items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def _shares_objects(data) -> bool:
+    """Whether a dict or list occurs twice in ``data``: DVC's dumper would write an anchor and aliases."""
+    seen: set[int] = set()
+    todo = [data]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (dict, list)):
+            if id(x) in seen:
+                return True
+            seen.add(id(x))
+            todo.extend(x.values() if isinstance(x, dict) else x)
+    return False
+
+
+def _blocks(text: str, names: list[str]) -> dict[str, str] | None:
+    """Split a lock's text into the text of each stage entry (``names`` in the file's order), or None."""
+    if not text.startswith(_HEAD):
+        return None
+    lines = text[len(_HEAD):].splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("  ") and line[2:3].strip()]
+    if len(starts) != len(names) or (starts and starts[0] != 0):
+        return None
+    out = {}
+    for name, a, b in zip(names, starts, starts[1:] + [len(lines)]):
+        block = "".join(lines[a:b])
+        if not block.startswith(f"  {name}:"):
+            return None  # a name the dumper quotes, or not a lock this dumper wrote
+        out[name] = block
+    return out
+
+
+def splice_lock(old_text: str, old: dict[str, str] | None, data, dumper) -> str | None:
+    """The text ``dumper`` gives for ``data``, from ``old_text`` (whose entries' fingerprints are ``old``) and
+    dumps of the entries that changed; None where that cannot be sure (then dump the whole lock)."""
+    new = _fingerprints(data)
+    if old is None or new is None or data["schema"] != "2.0" or _shares_objects(data):
+        return None
+    if "&id" in old_text:  # anchors written by an earlier dump: dump whole
+        return None
+    blocks = _blocks(old_text, list(old))
+    if blocks is None:
+        return None
+    parts = [_HEAD]
+    for name, entry in data["stages"].items():
+        if old.get(name) == new[name]:
+            parts.append(blocks[name])
+            continue
+        stream = io.StringIO()
+        dumper({"stages": {name: entry}}, stream)
+        text = stream.getvalue()
+        if not text.startswith(f"stages:\n  {name}:"):
+            return None
+        parts.append(text[len("stages:\n"):])
+    return "".join(parts)
 
 
 # -- atomic writes -------------------------------------------------------------------------
@@ -137,9 +221,16 @@ def atomic_dumps() -> None:
     def _dump_data(path, data, dumper, fs=None, **dumper_args):
         if fs is not None and getattr(fs, "protocol", None) != "local":
             return original(path, data, dumper, fs=fs, **dumper_args)  # not a local file: DVC's own way
-        stream = io.StringIO()
-        dumper(data, stream, **dumper_args)
-        write_atomic(path, stream.getvalue())
+        text = None
+        if os.path.basename(os.fspath(path)) == "dvc.lock" and dumper is _yaml._dump and not dumper_args:
+            read = _READ.pop(os.path.realpath(os.fspath(path)), None)
+            if read is not None:
+                text = splice_lock(read[0], read[1], data, dumper)
+        if text is None:
+            stream = io.StringIO()
+            dumper(data, stream, **dumper_args)
+            text = stream.getvalue()
+        write_atomic(path, text)
 
     _dump_data.atomic = True  # type: ignore[attr-defined]
     for module in (_common, _json, _py, _toml, _yaml):  # each imported the name for itself
