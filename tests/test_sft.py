@@ -57,14 +57,17 @@ def test_each_size_fine_tunes_at_sft_lr_times_its_scale(tmp_path):
 
 
 def test_the_trainers_mlflow_rows_are_written_synchronously(world_repo, tmp_path, monkeypatch):
-    """`log_synchronously`: the Trainer's MLflow callback logs without MLflow's async queue (whose shutdown
-    waits up to a second per stage), and the run still gets the Trainer's parameters and loss rows."""
+    """`core.tracking.log_synchronously` (the sft and base stages call it): the Trainer's MLflow callback logs
+    without MLflow's async queue (whose shutdown waits up to a second per stage), and the run still gets the
+    Trainer's parameters and loss rows."""
     import mlflow
     from datasets import Dataset
     from mlflow.tracking import MlflowClient
     from transformers import AutoTokenizer
     from transformers.integrations import MLflowCallback
     from trl import SFTTrainer
+
+    from imitation_gap.core.tracking import log_synchronously
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -75,7 +78,7 @@ def test_the_trainers_mlflow_rows_are_written_synchronously(world_repo, tmp_path
     args = sft.sft_config(p, tmp_path / "out", seed=0, steps=4, size="S", report=True, max_steps=4, logging_steps=1)
     trainer = SFTTrainer(model=sft.load_base(p, base), args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=AutoTokenizer.from_pretrained(str(base)))
-    sft.log_synchronously(trainer)
+    log_synchronously(trainer)
     callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, MLflowCallback)]
     assert len(callbacks) == 1
     with mlflow.start_run() as run:

@@ -36,7 +36,7 @@ from ..core.config import Params, base_dir as base_path, chain_seed, check_cell,
 from ..core.divergence import check_finite
 from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_dir, read_jsonl, write_json
-from ..core.tracking import log_metrics, mlflow_run
+from ..core.tracking import log_metrics, log_synchronously, mlflow_run
 from ..worlds import get_world
 
 log = logging.getLogger("imitation_gap")
@@ -136,21 +136,6 @@ def sft_config(p: Params, output_dir: Path, seed: int, steps: float, *, size: st
         gradient_checkpointing=s.gradient_checkpointing, dataloader_num_workers=0,
     )
     return SFTConfig(**(kw | overrides))
-
-
-def log_synchronously(trainer) -> None:
-    """Swap the Trainer's ``MLflowCallback`` for one that logs synchronously: the same rows, ~1 s sooner.
-
-    transformers' callback logs with ``synchronous=False`` (MLflow's async queue) whenever MLflow >= 2.8;
-    ending the run then joins the queue's thread, which waits on the queue for up to a second: ~1 s of
-    every SFT stage, for ~20 rows of metrics.  Synchronous calls write the same rows before they return."""
-    from transformers.integrations import MLflowCallback
-
-    class SyncMLflowCallback(MLflowCallback):
-        _async_log = property(lambda self: False, lambda self, value: None)  # setup() assigns it: ignored
-
-    handler = trainer.callback_handler
-    handler.callbacks = [SyncMLflowCallback() if type(cb) is MLflowCallback else cb for cb in handler.callbacks]
 
 
 def train(p: Params, size: str, base_dir: Path, rows: list[dict], seed: int, out_dir: Path, stage: str) -> dict:

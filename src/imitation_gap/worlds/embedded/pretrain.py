@@ -15,7 +15,7 @@ from pathlib import Path
 from ...core.config import Params, Size, chain_seed
 from ...core.divergence import check_finite
 from ...core.io import atomic_dir, read_jsonl, write_json
-from ...core.tracking import log_metrics, mlflow_run
+from ...core.tracking import log_metrics, log_synchronously, mlflow_run
 
 log = logging.getLogger("imitation_gap")
 
@@ -60,8 +60,10 @@ def make_trainer(p: Params, model, tok, ds, output_dir: Path, report_to: tuple[s
         weight_decay=pt.weight_decay, logging_steps=10, save_strategy="no", report_to=list(report_to),
         use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=False,
     )
-    return Trainer(model=model, args=targs, train_dataset=ds,
-                   data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    trainer = Trainer(model=model, args=targs, train_dataset=ds,
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    log_synchronously(trainer)
+    return trainer
 
 
 def pretrain(p: Params, size_name: str, chain: int, out_dir: Path) -> dict:
