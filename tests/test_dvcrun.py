@@ -293,3 +293,4 @@ def test_the_spliced_lock_dump_is_dvcs_whole_dump():
     assert dvcrun.splice_lock(text, prints, shared, _yaml._dump) is None
     assert dvcrun.splice_lock(text.replace("\n  fetch:", "\n    fetch:", 1), prints, read, _yaml._dump) is None
     assert dvcrun.splice_lock(text, None, read, _yaml._dump) is None
+    assert dvcrun.splice_lock(text, prints, edited(lambda st: st.clear()), _yaml._dump) is None  # `stages: {}`

@@ -129,8 +129,8 @@ def splice_lock(old_text: str, old: dict[str, str] | None, data, dumper) -> str 
     """The text ``dumper`` gives for ``data``, from ``old_text`` (whose entries' fingerprints are ``old``) and
     dumps of the entries that changed; None where that cannot be sure (then dump the whole lock)."""
     new = _fingerprints(data)
-    if old is None or new is None or data["schema"] != "2.0" or _shares_objects(data):
-        return None
+    if old is None or not new or data["schema"] != "2.0" or _shares_objects(data):
+        return None  # no entry left: the dumper writes `stages: {}`, on the key's line
     if "&id" in old_text:  # anchors written by an earlier dump: dump whole
         return None
     blocks = _blocks(old_text, list(old))
