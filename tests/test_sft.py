@@ -82,9 +82,12 @@ def test_the_trainers_mlflow_rows_are_written_synchronously(world_repo, tmp_path
     callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, MLflowCallback)]
     assert len(callbacks) == 1
     with mlflow.start_run() as run:
+        mlflow.log_params({"seed": "stage's", "kind": "broad"})  # as the stage's mlflow_run does, before the Trainer
         trainer.train()
         assert callbacks[0]._async_log is False
         assert not mlflow.tracking._get_store()._async_logging_queue.is_active()  # nothing went through the queue
     client = MlflowClient(uri)
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 4  # logging_steps=1, 4 steps
-    assert "learning_rate" in client.get_run(run.info.run_id).data.params
+    params = client.get_run(run.info.run_id).data.params
+    assert "learning_rate" in params and "hidden_size" in params  # the Trainer's arguments and the model's config
+    assert params["seed"] == "stage's"  # a key the stage logged first keeps its value (MLflow refuses a second)

@@ -99,17 +99,42 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     mlflow.log_metrics(flat, step=step)
 
 
+class _StageParamsFirst:
+    """``mlflow`` for the Trainer's ``MLflowCallback``, except that ``log_params`` leaves out the keys that the
+    active run already holds: the stage logged them first (:func:`mlflow_run`), and MLflow refuses a second value
+    for a key (``MlflowException``: changing param values is not allowed)."""
+
+    def __init__(self, mlflow):
+        self._mlflow = mlflow
+
+    def __getattr__(self, name):
+        return getattr(self._mlflow, name)
+
+    def log_params(self, params: dict, *args, **kwargs):
+        run = self._mlflow.active_run()
+        held = self._mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+        new = {k: v for k, v in params.items() if k not in held}
+        return self._mlflow.log_params(new, *args, **kwargs) if new else None
+
+
 def log_synchronously(trainer) -> None:
     """Swap a ``transformers.Trainer``'s ``MLflowCallback`` for one that logs synchronously: the same rows,
     ~1 s sooner (the stages' trainers: pretraining and SFT).
 
     transformers' callback logs with ``synchronous=False`` (MLflow's async queue) whenever MLflow >= 2.8;
     ending the run then joins the queue's thread, which waits on the queue for up to a second: ~1 s of
-    every stage, for ~20 rows of metrics.  Synchronous calls write the same rows before they return."""
+    every stage, for ~20 rows of metrics.  Synchronous calls write the same rows before they return.
+    The Trainer's parameters go into the stage's run beside the stage's own; a key the stage already
+    logged keeps the stage's value (asynchronously, MLflow dropped the whole batch of ~100 parameters
+    that held such a key, and said nothing)."""
     from transformers.integrations import MLflowCallback
 
     class SyncMLflowCallback(MLflowCallback):
         _async_log = property(lambda self: False, lambda self, value: None)  # setup() assigns it: ignored
+
+        def __init__(self):
+            super().__init__()
+            self._ml_flow = _StageParamsFirst(self._ml_flow)
 
     handler = trainer.callback_handler
     handler.callbacks = [SyncMLflowCallback() if type(cb) is MLflowCallback else cb for cb in handler.callbacks]

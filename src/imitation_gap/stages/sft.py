@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         train(p, args.size, base_dir, rows, seed, Path("models/sft") / name, name)
         return
     with mlflow_run(p, f"sft@{name}", {"size": args.size, "kind": args.kind, "amount": args.amount,
-                                       "seed": args.seed, **p.section("sft")}):
+                                       "chain": args.seed, **p.section("sft")}):
         stats = train(p, args.size, base_dir, rows, seed, Path("models/sft") / name, name)
         log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     log.info("sft %s: %s", name, stats)
