@@ -54,7 +54,7 @@ def world_params(params: dict, seed: int, scale: float) -> dict:
     return p
 
 
-def run_world(root: Path, seed: int, scale: float, jobs: int, work: Path) -> dict:
+def run_world(root: Path, seed: int, scale: float, jobs: int, work: Path, keep: bool = True) -> dict:
     """Clone ``root`` at HEAD into ``work``, set the world, run the pipeline; return its summary and wall time."""
     subprocess.run(["git", "clone", "-q", str(root), str(work)], check=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
@@ -69,7 +69,8 @@ def run_world(root: Path, seed: int, scale: float, jobs: int, work: Path) -> dic
     wall = time.time() - t0
     if r.returncode:
         raise SystemExit(f"the world seed={seed} scale={scale} failed (exit {r.returncode}); its logs are in "
-                         f"{work}/.dvc/tmp/repro-logs/ (use --keep to keep them)")
+                         f"{work}/.dvc/tmp/repro-logs/" + ("" if keep else " (removed when this command ends: "
+                                                            "run it with --keep DIR to keep them)"))
     return kept_world(work, seed, scale) | {"wall_s": round(wall)}
 
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                 w = kept_world(work, seed, scale)
             else:
                 log.info("world seed=%d, people x%g", seed, scale)
-                w = run_world(root, seed, scale, args.jobs, work)
+                w = run_world(root, seed, scale, args.jobs, work, keep=bool(args.keep))
             w["name"] = f"seed {seed}, people x{scale:g}"
             w["commit"] = _git(work, "rev-parse", "--short", "HEAD")
             others.append(w)
