@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock
+
 from .config import Params
 from .io import repo_root
 
@@ -53,11 +55,17 @@ def mlflow_run(p: Params, stage: str, params: dict) -> Iterator[Any]:
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the HF Trainer's MLflowCallback reads it
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
-        # artifacts beside the store, not in the (temporary) working directory
-        art = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
-        if mlflow.get_experiment_by_name(p.mlflow.experiment) is None:
-            mlflow.create_experiment(p.mlflow.experiment, artifact_location=art.as_uri())
-    exp = mlflow.set_experiment(p.mlflow.experiment)
+        db = Path(uri[len("sqlite:///"):])
+        # Stages that start together (`make run`, `dvc queue start -j 2`) on a store that no process has opened
+        # yet would each create its tables (MLflow's migrations fail: "duplicate column name: step") and each
+        # create the experiment: one process at a time opens it, beside the store's file.
+        with FileLock(f"{db}.lock"):
+            if mlflow.get_experiment_by_name(p.mlflow.experiment) is None:
+                # artifacts beside the store, not in the (temporary) working directory
+                mlflow.create_experiment(p.mlflow.experiment, artifact_location=(db.parent / "mlartifacts").as_uri())
+            exp = mlflow.set_experiment(p.mlflow.experiment)
+    else:
+        exp = mlflow.set_experiment(p.mlflow.experiment)
     fail_orphans(exp.experiment_id)
     tags = {"stage": stage.split("@")[0], "dvc_stage": stage, "git_commit": git_commit(),
             "world": p.world, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
