@@ -81,7 +81,9 @@ def test_the_trainers_mlflow_rows_are_written_synchronously(world_repo, tmp_path
     log_synchronously(trainer)
     callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, MLflowCallback)]
     assert len(callbacks) == 1
-    with mlflow.start_run() as run:
+    # its own experiment: MLflow keeps the active one per process, and another test's may not exist in this store
+    exp = mlflow.set_experiment("trainer-rows")
+    with mlflow.start_run(experiment_id=exp.experiment_id) as run:
         mlflow.log_params({"seed": "stage's", "kind": "broad"})  # as the stage's mlflow_run does, before the Trainer
         trainer.train()
         assert callbacks[0]._async_log is False
