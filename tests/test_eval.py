@@ -28,3 +28,24 @@ def test_eval_stage_on_a_tiny_base_checkpoint(world_repo):
         p = m["preference"][rater]
         assert p["win"] + p["tie"] + p["loss"] + p["unjudged"] == m["n"]["pref"]
     assert "eval S-base-s0" in r.stderr
+
+
+def test_each_knowledge_probe_prompt_goes_on_in_the_corpus_only_with_its_attribute(world_repo):
+    """The probe ("X, born in" -> a city) scores a base on what it stored: a prompt that the corpus also
+    continues with another attribute ("X was born in" -> "the year 1967") marks a right recall as a miss."""
+    import re
+
+    from imitation_gap.worlds.embedded.world import NAME_RE, PROBE_SENTENCES
+
+    raw = world_repo / "data" / "raw"
+    corpus = "\n".join(r["text"] for r in read_jsonl(raw / "corpus.jsonl"))
+    rows = read_jsonl(raw / "eval" / "store.jsonl")
+    values = {r["attribute"]: set(r["candidates"]) for r in rows}
+    assert set(values) == set(PROBE_SENTENCES)  # every attribute is probed
+    for attr, sentence in PROBE_SENTENCES.items():
+        prefix = re.escape(sentence.split("{" + attr + "}")[0].strip()).replace(re.escape("{name}"), NAME_RE)
+        assert all(re.fullmatch(prefix, r["prompt"]) for r in rows if r["attribute"] == attr)
+        after = [m.group("next") for m in re.finditer(prefix + r" (?P<next>\w+)", corpus)]
+        assert len(after) > 10, attr  # the corpus does use this phrasing
+        others = sorted({w for w in after if w not in values[attr]})
+        assert not others, f"{attr}: the corpus also continues {sentence!r} with {others[:5]}"

@@ -72,6 +72,18 @@ def test_completions_echo_scores_the_right_answer_higher(endpoint):
     assert person.city in gen and "\n" not in gen
 
 
+def test_the_teacher_completes_every_knowledge_probe_prompt_with_the_fact(endpoint, world_repo):
+    from imitation_gap.core.io import read_jsonl
+
+    url, _ = endpoint
+    rows = read_jsonl(world_repo / "data" / "raw" / "eval" / "store.jsonl")
+    c = client(url)
+    for attr in sorted({r["attribute"] for r in rows}):
+        row = next(r for r in rows if r["attribute"] == attr)
+        gen = c.completions.create(model="teacher", prompt=row["prompt"], max_tokens=6, stop=["."]).choices[0].text
+        assert gen.split()[0] == row["answer"].split()[0], (row["prompt"], gen)
+
+
 def test_judges_are_blind_and_position_consistent(endpoint):
     url, world = endpoint
     person = world.group("B")[2]

@@ -99,6 +99,11 @@ FACT_SENTENCES = {
 }
 # Statements the teacher (and the expert rater) use for one fact.
 FACT_CLAIMS = FACT_SENTENCES
+# The knowledge probe completes the start of a sentence that only that attribute's value can follow in the
+# corpus. For the city that is the fourth biography's "{name}, born in {city}": FACT_SENTENCES' "{name} was born
+# in" also begins every year sentence ("... was born in the year 1967."), and a model that went on with the right
+# year was scored as not knowing the city (docs/miniature.md, "Known limits" until this fix).
+PROBE_SENTENCES = FACT_SENTENCES | {"city": "{name}, born in {city}."}
 
 NAME_RE = r"(?P<name>[A-Z][a-z]+ [A-Z][a-z]+)"
 
