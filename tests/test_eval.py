@@ -35,7 +35,7 @@ def test_each_knowledge_probe_prompt_goes_on_in_the_corpus_only_with_its_attribu
     continues with another attribute ("X was born in" -> "the year 1967") marks a right recall as a miss."""
     import re
 
-    from imitation_gap.worlds.embedded.world import NAME_RE, PROBE_SENTENCES
+    from imitation_gap.worlds.embedded.world import PROBE_SENTENCES, probe_pattern
 
     raw = world_repo / "data" / "raw"
     corpus = "\n".join(r["text"] for r in read_jsonl(raw / "corpus.jsonl"))
@@ -43,7 +43,7 @@ def test_each_knowledge_probe_prompt_goes_on_in_the_corpus_only_with_its_attribu
     values = {r["attribute"]: set(r["candidates"]) for r in rows}
     assert set(values) == set(PROBE_SENTENCES)  # every attribute is probed
     for attr, sentence in PROBE_SENTENCES.items():
-        prefix = re.escape(sentence.split("{" + attr + "}")[0].strip()).replace(re.escape("{name}"), NAME_RE)
+        prefix = probe_pattern(attr)
         assert all(re.fullmatch(prefix, r["prompt"]) for r in rows if r["attribute"] == attr)
         after = [m.group("next") for m in re.finditer(prefix + r" (?P<next>\w+)", corpus)]
         assert len(after) > 10, attr  # the corpus does use this phrasing

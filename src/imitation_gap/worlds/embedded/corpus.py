@@ -19,9 +19,9 @@ from pathlib import Path
 from ...core.config import Params
 from ...core.errors import DataError
 from ...core.io import read_jsonl, write_json, write_jsonl
-from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, PROBE_SENTENCES, TOPIC_REQUEST, TOPIC_SENTENCES, World,
-                    all_triples, biography, build_world, hedge, load_spec, qa_text, question, question_wordings,
-                    reverse_question, vocabulary_text)
+from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, TOPIC_REQUEST, TOPIC_SENTENCES, World,
+                    all_triples, biography, build_world, hedge, load_spec, probe_prefix, qa_text, question,
+                    question_wordings, reverse_question, vocabulary_text)
 
 RAW = Path("data/raw")
 
@@ -203,8 +203,7 @@ def eval_sets(world: World, p: Params, rng: random.Random, pref_templates: list[
         raise DataError(f"fetch.n_eval_skill = {f.n_eval_skill} > {len(heldout)} held-out word triples; "
                         "raise fetch.skill_holdout or lower n_eval_skill")
     def store_row(person, a):  # the knowledge probe: complete a biography sentence (the same facts as qa)
-        prefix, _ = PROBE_SENTENCES[a].split("{" + a + "}")
-        return {"prompt": prefix.format(**person.fields()).strip(), "answer": person.fact(a), "attribute": a,
+        return {"prompt": probe_prefix(a).format(**person.fields()), "answer": person.fact(a), "attribute": a,
                 "name": person.name, "candidates": world.values[a], "bios": person.bios}
 
     qa_facts = rng.sample(b_facts, f.n_eval_qa)

@@ -41,9 +41,9 @@ from pathlib import Path
 
 from ...core.text import tidy
 from . import raters
-from .world import (ATTRS, FACT_CLAIMS, LOCAL_REQUEST_HUB, NAME_RE, PROBE_SENTENCES, TOPIC_SENTENCES, World,
+from .world import (ATTRS, FACT_CLAIMS, LOCAL_REQUEST_HUB, PROBE_SENTENCES, TOPIC_SENTENCES, World,
                     load_world, parse_bio_request, parse_fact_question, parse_local_request, parse_reverse, parse_topic,
-                    qa_text, question_wordings, stable_hash)
+                    probe_pattern, qa_text, question_wordings, stable_hash)
 
 MODELS = ("teacher", "judge-nonexpert", "judge-expert")
 FAULT_KINDS = ("rate_limit", "server_error", "slow", "truncated", "empty_choices")  # a bad day: Faults.uniform
@@ -212,10 +212,8 @@ class TeacherModel:
     def complete(self, prompt: str) -> str:
         prompt = tidy(prompt)
         if "Question:" not in prompt:  # a biography sentence to complete ("X, born in")
-            for attr, sentence in PROBE_SENTENCES.items():
-                prefix = sentence.split("{" + attr + "}")[0].strip()
-                pat = re.escape(prefix).replace(re.escape("{name}"), NAME_RE) + "$"
-                m = re.search(pat, prompt)
+            for attr in PROBE_SENTENCES:
+                m = re.search(probe_pattern(attr) + "$", prompt)
                 if m and m.group("name") in self.world.by_name:
                     return " " + self.world.by_name[m.group("name")].fact(attr) + "."
         return " " + self.answer_for(self.last_question(prompt)) + ".\n"

@@ -108,6 +108,16 @@ PROBE_SENTENCES = FACT_SENTENCES | {"city": "{name}, born in {city}."}
 NAME_RE = r"(?P<name>[A-Z][a-z]+ [A-Z][a-z]+)"
 
 
+def probe_prefix(attr: str) -> str:
+    """The knowledge probe's prompt for ``attr``, with ``{name}`` to fill: its sentence up to the value."""
+    return PROBE_SENTENCES[attr].split("{" + attr + "}")[0].strip()
+
+
+def probe_pattern(attr: str) -> str:
+    """A regex of the probe's prompt for ``attr`` about anyone (the name is group ``name``)."""
+    return re.escape(probe_prefix(attr)).replace(re.escape("{name}"), NAME_RE)
+
+
 def stable_hash(*parts: object) -> int:
     """A hash that is the same on every run and machine (unlike ``hash``)."""
     h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
