@@ -103,14 +103,15 @@ def plot(curves: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    sizes = list(dict.fromkeys(k.rsplit("-", 1)[0] for k in curves))
-    colors = dict(zip(sizes, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    colors: dict[str, str] = {}
     for key, run in curves.items():
-        pts = run["points"]
         size = key.rsplit("-", 1)[0]
-        first = key == next(k for k in curves if k.rsplit("-", 1)[0] == size)
-        ax.plot([s for s, _ in pts], [v for _, v in pts], color=colors[size], alpha=0.8,
-                label=size if first else None, marker=".")
+        new = size not in colors
+        if new:
+            colors[size] = next(palette)
+        ax.plot([s for s, _ in run["points"]], [v for _, v in run["points"]], color=colors[size], alpha=0.8,
+                label=size if new else None, marker=".")
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("knowledge probe (held-out facts stored)")
     ax.set_ylim(0, 1.02)
@@ -152,13 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     missing = [f for f in ("corpus.jsonl", "tokenizer", "eval/store.jsonl") if not (RAW / f).exists()]
     if missing:
         ap.error(f"{RAW}/{missing[0]} is missing: run `dvc repro fetch` (or `dvc pull`) first")
-    jobs = [(a.params, s, c, a.every) for c in a.chains for s in a.sizes]
+    jobs = [(a.params, s, c, a.every) for s in a.sizes for c in a.chains]  # size by size: the JSON's order
     if a.jobs == 1:
         results = [_one(j) for j in jobs]
     else:
         with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
             results = list(pool.map(_one, jobs))
-    curves = dict(sorted(results, key=lambda kv: (a.sizes.index(kv[0].rsplit("-", 1)[0]), kv[0])))
+    curves = dict(results)  # in the jobs' order (pool.map keeps it)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out.with_suffix(".json"), json.dumps(curves, indent=1) + "\n")
