@@ -40,16 +40,16 @@ def _with(p, **eval_kw):
 def _one_task(p, lm, short: str, limit: int | None = None) -> float:
     """``evaluate.capability`` restricted to one task (and ``limit`` docs); returns seconds."""
     from imitation_gap.stages import evaluate as ev
-    from imitation_gap.worlds import embedded
     from imitation_gap.worlds import get_world
+    from imitation_gap.worlds.embedded import evaluate as embedded
 
     saved = embedded.TASKS
     embedded.TASKS = {short: saved[short]}
     try:
-        shots = {task.role: task.shots for task in get_world(p).eval_plan(is_teacher=False)[1]}  # as the stage's
+        shots = {task.role: task.shots for task in get_world(p, "evaluate").eval_plan(is_teacher=False)[1]}  # as the stage's
         t = time.perf_counter()
         if limit is None:
-            ev.capability(p, get_world(p), lm)
+            ev.capability(p, get_world(p, "evaluate"), lm)
         else:
             from lm_eval import simple_evaluate
 
@@ -64,7 +64,7 @@ def _one_task(p, lm, short: str, limit: int | None = None) -> float:
 def _tm():
     from lm_eval.tasks import TaskManager
 
-    from imitation_gap.worlds import embedded
+    from imitation_gap.worlds.embedded import evaluate as embedded
 
     return TaskManager(include_path=str(embedded.TASKS_DIR), include_defaults=False)
 
@@ -76,7 +76,8 @@ def run(world: Path, p, model_dir: Path, reps: int, batch_sizes=BATCH_SIZES, bat
     from imitation_gap.core.text import tidy
     from imitation_gap.llm.client import LLMClient
     from imitation_gap.stages import evaluate as ev
-    from imitation_gap.worlds import Endpoint, embedded, get_world
+    from imitation_gap.worlds import Endpoint, get_world
+    from imitation_gap.worlds.embedded import evaluate as embedded
     from imitation_gap.worlds.embedded.teacher import embedded_endpoint
 
     torch.set_num_threads(p.sft.threads)
@@ -87,7 +88,7 @@ def run(world: Path, p, model_dir: Path, reps: int, batch_sizes=BATCH_SIZES, bat
 
     with chdir(world), embedded_endpoint(ev.RAW / "world.json", ev.RAW / "tokenizer") as url, \
             tempfile.TemporaryDirectory() as cache:
-        world_obj = get_world(p)
+        world_obj = get_world(p, "evaluate")
         prompts = read_jsonl(ev.RAW / "eval" / "pref.jsonl")
         for rep in range(reps):
             say(f"eval: parts, rep {rep + 1}/{reps}")
@@ -121,7 +122,7 @@ def run(world: Path, p, model_dir: Path, reps: int, batch_sizes=BATCH_SIZES, bat
             pb = _with(p, batch_size=b)
             for rep in range(reps):
                 say(f"eval: lm-eval batch size {b}, rep {rep + 1}/{reps} ({batch_limit} docs per task)")
-                lm = get_world(pb).checkpoint_lm(model_dir)
+                lm = get_world(pb, "evaluate").checkpoint_lm(model_dir)
                 t = time.perf_counter()
                 for short in embedded.TASKS:
                     _one_task(pb, lm, short, limit=batch_limit)

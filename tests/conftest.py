@@ -88,7 +88,9 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / f)
-    write_params(dest, deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {}))
+    params = write_params(dest, deep_update(yaml.safe_load(yaml.safe_dump(TINY)), overrides or {}))
+    if params["world"] != "embedded":  # as a user switches worlds: the stages' code deps are that world's closures
+        run([sys.executable, "-m", "imitation_gap.tools.deps", "--write"], dest)
     run("git init -q -b main && git config user.email t@t && git config user.name t && git add -A && "
         "git commit -qm init", dest)
     run(["dvc", "pull", "-q", "data.dvc"], dest)

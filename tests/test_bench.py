@@ -42,7 +42,7 @@ def test_bench_quick_client_and_startup(tmp_path):
 
 def test_bench_quick_eval_times_every_task_of_the_stage(tmp_path):
     """The eval part calls the stage's own functions: it breaks when they change unless a test runs it."""
-    from imitation_gap.worlds import embedded
+    from imitation_gap.worlds.embedded import evaluate as embedded
 
     js = tmp_path / "r.json"
     e = env()

@@ -1,172 +1,145 @@
 """The layout keeps the pipeline reproducible by construction.
 
-* Every project module that a stage's command imports, transitively (function-level imports and
-  constant ``import_module("...")`` strings included, and the packages above each module, which
-  Python runs first), lies under that stage's ``deps`` in ``dvc.yaml``: a code change re-runs
-  every stage it can affect.
-* A stage's code deps are its own module in ``stages/`` plus whole package folders, so a new
-  import inside those folders cannot escape; the runner is no stage's dep (and no stage imports it).
-* Every folder among a stage's deps holds a module its command imports: a change to code the stage
-  never runs (the report's rendering, say) re-runs no stage but those that import it.
+* Each stage's code deps in ``dvc.yaml`` are exactly the project modules its command imports,
+  transitively, with the chosen world's part (``python -m imitation_gap.tools.deps``): no module
+  missing, none extra.  So a change re-runs the stages it can affect and no other: an edit to the hub
+  world re-runs nothing of the embedded study; the report's plots, the report alone; the embedded
+  raters, the stages that import them and no pretraining.
 * The package's imports form no cycle and never go up a layer:
-  core < (llm, worlds, imitation) < analysis < stages < runner; among llm, worlds and imitation,
-  the packages themselves import each other in one direction only (worlds may use imitation).
+  core < (llm, worlds, imitation) < analysis < stages < (runner, tools); among packages of one layer,
+  imports run one way only (worlds may use imitation), and the two worlds never import each other.
 """
 
 from __future__ import annotations
 
-import ast
-import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, make_repo, run
+from imitation_gap.tools.deps import closure, differences, imports, modules, stage_entries
 
 SRC = ROOT / "src"
 PKG = "imitation_gap"
-LAYERS = {"core": 0, "llm": 1, "worlds": 1, "imitation": 1, "analysis": 2, "stages": 3, "runner": 4}
+LAYERS = {"core": 0, "llm": 1, "worlds": 1, "imitation": 1, "analysis": 2, "stages": 3, "runner": 4, "tools": 4}
 
 
-def modules(src: Path = SRC) -> dict[str, Path]:
-    """Dotted name -> file of every module of the package (a package is its ``__init__.py``)."""
-    out = {}
-    for f in sorted((src / PKG).rglob("*.py")):
-        name = ".".join(f.relative_to(src).with_suffix("").parts)
-        out[name.removesuffix(".__init__")] = f
-    return out
-
-
-def imports(name: str, mods: dict[str, Path]) -> set[str]:
-    """Project modules that ``name`` imports by name: top-level and function-level ``import`` /
-    ``from ... import`` (a name that is a submodule counts as that module) and constant
-    ``import_module("...")`` strings."""
-    f = mods[name]
-    base = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
-    out = set()
-    for node in ast.walk(ast.parse(f.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] == PKG}
-        elif isinstance(node, ast.ImportFrom):
-            mod = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else [])) \
-                if node.level else (node.module or "")
-            if mod.split(".")[0] != PKG:
-                continue
-            subs = {f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in mods}
-            out |= subs if subs and len(subs) == len(node.names) else subs | {mod}
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith(PKG)):
-            out.add(node.args[0].value)
-    return {m for m in out if m in mods}
-
-
-def with_parents(names: set[str], mods: dict[str, Path]) -> set[str]:
-    """``names`` and every package above them (Python runs a package's ``__init__`` before its modules)."""
-    parts = {".".join(n.split(".")[:i]) for n in names for i in range(1, len(n.split(".")) + 1)}
-    return {m for m in parts if m in mods}
-
-
-def closure(entry: str, mods: dict[str, Path]) -> set[str]:
-    seen, todo = set(), [entry]
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo += with_parents(imports(m, mods) | {m}, mods) - seen
-    return seen
-
-
-def stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, tuple[str, list[str]]]:
-    """Stage -> (the module its command runs, its deps) for every stage that runs ``python -m imitation_gap...``."""
-    out = {}
-    for name, st in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
-        body = st.get("do", st)
-        m = re.search(r"python3?\s+-m\s+([\w.]+)", body["cmd"])
-        if m and m.group(1).startswith(PKG):
-            deps = [d if isinstance(d, str) else next(iter(d)) for d in body.get("deps", [])]
-            out[name] = (m.group(1), [d.rstrip("/") for d in deps])
-    return out
-
-
-def imported_files(entry: str, mods: dict[str, Path], src: Path = SRC) -> list[str]:
-    """Repository-relative paths of every project module that running ``entry`` imports."""
-    return sorted(mods[m].relative_to(src.parent).as_posix() for m in closure(entry, mods))
-
-
-def under(path: str, dep: str) -> bool:
-    """Whether a DVC dep (a file or a folder) covers ``path``."""
-    return path == dep or path.startswith(dep + "/")
-
-
-def uncovered(dvc_yaml: Path = ROOT / "dvc.yaml", src: Path = SRC) -> list[str]:
-    """``'<stage>: <file>'`` for each project file a stage's command imports that its deps do not cover."""
-    mods = modules(src)
-    out = []
-    for stage, (entry, deps) in stages(dvc_yaml).items():
-        assert entry in mods, f"{stage}: its command runs {entry}, which is not a module of src/{PKG}"
-        out += [f"{stage}: {rel} (imported by its command, not in its deps)"
-                for rel in imported_files(entry, mods, src) if not any(under(rel, d) for d in deps)]
-    return out
-
-
-def unused(dvc_yaml: Path = ROOT / "dvc.yaml", src: Path = SRC) -> list[str]:
-    """``'<stage>: <dep>'`` for each code dep (under ``src/``) that holds no module the stage's command imports."""
-    mods = modules(src)
-    out = []
-    for stage, (entry, deps) in stages(dvc_yaml).items():
-        files = imported_files(entry, mods, src)
-        out += [f"{stage}: {d} (imports nothing from it)" for d in deps
-                if d.startswith("src/") and not any(under(f, d) for f in files)]
-    return out
-
-
-def test_every_module_a_stage_imports_is_in_its_deps():
-    assert uncovered() == []
-
-
-def test_an_import_outside_the_deps_is_caught(tmp_path):
-    """The check above can fail: a copy of the package where a world imports a module no stage lists."""
-    import shutil
-
+def copy_src(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     shutil.copytree(SRC / PKG, src / PKG, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def test_every_stage_s_code_deps_are_its_import_closure():
+    assert differences(ROOT / "dvc.yaml", "embedded", SRC) == []
+
+
+def test_an_import_missing_from_the_deps_is_caught(tmp_path):
+    """A copy of the package where the embedded pretraining imports a new module: base lacks it."""
+    src = copy_src(tmp_path)
     (src / PKG / "extra").mkdir()
     (src / PKG / "extra" / "helper.py").write_text("X = 1\n")
-    world = src / PKG / "worlds" / "hub" / "models.py"
-    world.write_text(world.read_text() + "\n\ndef _late():\n    from ...extra.helper import X\n\n    return X\n")
-    missing = uncovered(src=src)
-    assert f"fetch: src/{PKG}/extra/helper.py (imported by its command, not in its deps)" in missing
-    assert len({m.split(":")[0] for m in missing}) == len(stages())  # every stage reaches the hub world
-
-
-def test_every_code_dep_is_imported_by_its_stage():
-    """No stage re-runs for code it never imports: editing the report's analysis re-runs the report only,
-    not the 64 evaluations."""
-    assert unused() == []
-    evals = {n for n in stages() if n.startswith("eval-")}
-    assert evals and all(f"src/{PKG}/analysis" not in stages()[n][1] for n in evals)
+    f = src / PKG / "worlds" / "embedded" / "pretrain.py"
+    f.write_text(f.read_text() + "\n\ndef _late():\n    from ...extra.helper import X\n\n    return X\n")
+    assert differences(ROOT / "dvc.yaml", "embedded", src) == \
+        [f"base: missing src/{PKG}/extra/helper.py (its command imports it)"]
 
 
 def test_a_dep_the_stage_never_imports_is_caught(tmp_path):
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    dvc["stages"]["eval-teacher"]["deps"].append(f"src/{PKG}/analysis")
+    dvc["stages"]["eval-teacher"]["deps"].append(f"src/{PKG}/analysis/plots.py")
     path = tmp_path / "dvc.yaml"
-    path.write_text(yaml.safe_dump(dvc))
-    assert unused(path) == [f"eval-teacher: src/{PKG}/analysis (imports nothing from it)"]
+    path.write_text((ROOT / "dvc.yaml").read_text().split("\n", 1)[0] + "\n" + yaml.safe_dump(dvc))
+    assert differences(path, "embedded", SRC) == \
+        [f"eval-teacher: extra src/{PKG}/analysis/plots.py (its command never imports it)"]
 
 
-def test_code_deps_are_the_stage_module_and_whole_folders():
-    pkg_dir = f"src/{PKG}"
-    for stage, (entry, deps) in stages().items():
-        code = [d for d in deps if d.startswith("src/")]
-        own = entry.replace(".", "/") + ".py"
-        assert f"src/{own}" in code, f"{stage}: its module src/{own} is not a dep"
-        for d in code:
-            if d == f"src/{own}":
-                continue
-            assert (ROOT / d).is_dir() and (ROOT / d).parent == ROOT / pkg_dir, \
-                f"{stage}: dep {d} is neither its own module nor a whole folder of {pkg_dir}"
-            assert not d.endswith(("/runner", "/stages")), f"{stage}: {d} must not be a stage's dep"
+def test_no_stage_of_one_world_depends_on_the_other_world():
+    mods = modules()
+    for world, other in (("embedded", "hub"), ("hub", "embedded")):
+        for stage, entry in stage_entries(ROOT / "dvc.yaml").items():
+            part = f"{PKG}.worlds.{world}.{entry.rsplit('.', 1)[-1]}"
+            reached = closure([entry, part], mods)
+            assert part in reached and not [m for m in reached if m.startswith(f"{PKG}.worlds.{other}")], stage
+            assert not [m for m in reached if m.split(".")[1] in ("runner", "tools")], f"{stage} imports runner code"
+            assert f"{PKG}.core.handoff" in reached  # through run_cli
+    assert imports(f"{PKG}.core.handoff", mods) == set()
+
+
+def deps_tool(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "imitation_gap.tools.deps", *args], repo, check=check)
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("layout") / "repo")
+
+
+def stages_touched(repo: Path, rel: str) -> list[str]:
+    """The stages of the tiny grid (matrix expanded, by DVC itself) whose deps cover file ``rel``: those that
+    `dvc status` lists as changed after an edit to it."""
+    code = ("import sys; from dvc.repo import Repo; r = Repo(sys.argv[1]); f = sys.argv[2]\n"
+            "for s in r.index.stages:\n"
+            "    if any(f == d.def_path or f.startswith(d.def_path.rstrip('/') + '/') for d in s.deps):\n"
+            "        print(s.addressing)\n")
+    return sorted(run([sys.executable, "-c", code, str(repo), rel], repo).stdout.split())
+
+
+def test_an_edit_re_runs_exactly_the_stages_that_import_it(tiny_repo):
+    every = sorted(run(["dvc", "stage", "list", "--name-only"], tiny_repo).stdout.split())
+    hub = [f.relative_to(ROOT).as_posix() for f in sorted((SRC / PKG / "worlds" / "hub").rglob("*.py"))]
+    assert hub and all(stages_touched(tiny_repo, f) == [] for f in hub)
+    assert stages_touched(tiny_repo, f"src/{PKG}/analysis/plots.py") == ["report"]
+    raters = stages_touched(tiny_repo, f"src/{PKG}/worlds/embedded/raters.py")
+    assert raters == sorted(s for s in every if s.startswith(("imitate-dataset", "eval-", "report")))
+    assert not [s for s in raters if s.startswith(("base@", "fetch", "sft@"))]
+    assert len(stages_touched(tiny_repo, f"src/{PKG}/core/config.py")) == len(every)  # every stage reads params
+
+
+def test_the_generator_writes_the_closures_and_refuses_a_module_that_fails_to_import(tmp_path, tiny_repo):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    text = (repo / "dvc.yaml").read_text()
+    (repo / "dvc.yaml").write_text(text.replace(f"      - src/{PKG}/worlds/embedded/pretrain.py\n", "")
+                                   .replace(f"      - src/{PKG}/stages/report.py\n",
+                                            f"      - src/{PKG}/stages/report.py\n      - src/{PKG}/llm/client.py\n"))
+    r = deps_tool(repo, check=False)
+    assert r.returncode == 1 and "base: missing" in r.stderr and "report: extra" in r.stderr
+    deps_tool(repo, "--write")
+    assert (repo / "dvc.yaml").read_text() == text  # comments, data deps and order as they were
+    assert deps_tool(repo).returncode == 0
+
+    broken = repo / "src" / PKG / "worlds" / "embedded" / "sft.py"
+    broken.write_text(broken.read_text() + "\nimport no_such_module_here\n")
+    (repo / "dvc.yaml").write_text(text.replace(f"      - src/{PKG}/stages/sft.py\n", ""))
+    before = (repo / "dvc.yaml").read_text()
+    r = deps_tool(repo, "--write", check=False)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"deps: {PKG}.worlds.embedded.sft does not import (ModuleNotFoundError: No module " \
+                               "named 'no_such_module_here'); fix it, then run this again"
+    assert (repo / "dvc.yaml").read_text() == before
+
+    r = deps_tool(repo, "--world", "moon", check=False)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"deps: world 'moon' has no package under src/{PKG}/worlds/; the worlds: ['embedded', 'hub']"
+
+
+def test_a_stage_run_in_another_world_than_its_deps_stops_in_one_line(tiny_repo, monkeypatch):
+    from imitation_gap.core.config import check_deps_world, load_params
+    from imitation_gap.core.errors import ConfigError
+
+    p = load_params(tiny_repo / "params.yaml")
+    monkeypatch.setenv("DVC_STAGE", "sft@S-local-300-0")  # as DVC runs a stage's command
+    check_deps_world(p, tiny_repo / "dvc.yaml")  # the world its deps are for
+    with pytest.raises(ConfigError, match=r"world = 'hub', but dvc.yaml's code deps are those of world 'embedded': "
+                                          r"run `python -m imitation_gap.tools.deps --write --world hub` first"):
+        check_deps_world(p.model_copy(update={"world": "hub"}), tiny_repo / "dvc.yaml")
+    monkeypatch.delenv("DVC_STAGE")
+    check_deps_world(p.model_copy(update={"world": "hub"}), tiny_repo / "dvc.yaml")  # outside DVC: no check
 
 
 def layer(module: str) -> int:
@@ -183,6 +156,9 @@ def test_no_upward_import_and_no_cycle():
     # packages of one layer import each other one way only (worlds -> imitation, never back)
     pkgs = {(m.split(".")[1], t.split(".")[1]) for m, ts in graph.items() for t in ts}
     assert not [(a, b) for a, b in pkgs if a != b and (b, a) in pkgs], "two packages import each other"
+    between = [f"{m} -> {t}" for m, ts in graph.items() for t in ts
+               if {m.split(".")[:3][-1], t.split(".")[:3][-1]} == {"embedded", "hub"} and m.split(".")[1] == "worlds"]
+    assert not between, f"the worlds import each other: {between}"
     # no cycle of modules (depth-first search; an edge back to a module on the stack closes one)
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -200,12 +176,3 @@ def test_no_upward_import_and_no_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
-
-
-def test_only_the_handoff_hook_leads_from_stage_code_to_the_runner():
-    mods = modules()
-    for stage, (entry, _) in stages().items():
-        reached = closure(entry, mods)
-        assert not [m for m in reached if m.split(".")[1] == "runner"], f"{stage} imports runner code"
-        assert f"{PKG}.core.handoff" in reached  # through run_cli
-    assert imports(f"{PKG}.core.handoff", mods) == set()

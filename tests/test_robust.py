@@ -110,7 +110,7 @@ def chats(world, n: int) -> list[tuple[str, list[dict]]]:
 
 
 def opener_check(world):
-    """The embedded world's check of the teacher's format (EmbeddedWorld.answer_problem, broad)."""
+    """The embedded world's check of the teacher's format (worlds/embedded/teacher.format_problem, broad)."""
     openers = tuple(world.style["openers"])
     return lambda a: None if a.startswith(openers) else "not_teacher_format"
 
@@ -247,7 +247,7 @@ def in_world(world_repo, monkeypatch):
 
     monkeypatch.chdir(world_repo)
     p = load_params("params.yaml")
-    return p, get_world(p), AutoTokenizer.from_pretrained("data/raw/tokenizer"), eval_ngrams(p.imitate.decontam_ngram)
+    return p, get_world(p, "imitate_dataset"), AutoTokenizer.from_pretrained("data/raw/tokenizer"), eval_ngrams(p.imitate.decontam_ngram)
 
 
 @pytest.mark.parametrize("kind", ["broad", "local"])
@@ -423,7 +423,7 @@ def test_preference_with_no_pair_judged_is_not_measured(world_repo, tmp_path, mo
     answers = ["Certainly! Fine."] * len(prompts)
     with serve(load_world(world_repo / "data" / "raw" / "world.json"), Faults(junk=1.0)) as (url, _):
         monkeypatch.chdir(world_repo)  # the embedded world reads its facts from data/raw
-        out, _ = preference(p, get_world(p), Endpoint(url), prompts, answers, answers)
+        out, _ = preference(p, get_world(p, "evaluate"), Endpoint(url), prompts, answers, answers)
     for rater in ("nonexpert", "expert"):
         assert out[rater]["unjudged"] == len(prompts)
         assert out[rater]["win_rate"] is None and out[rater]["win_tie_rate"] is None  # not 0.0
@@ -549,7 +549,7 @@ def test_sft_at_an_absurd_lr_fails_naming_the_run_and_the_cause_and_writes_no_mo
     (d / "300.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = stage(repo, tmp_path, ["imitation_gap.stages.sft", "--size", "S", "--kind", "broad", "--amount", "300"],
               {"sft": {"lr": 1e9}})  # was: exit 0, every weight NaN, train_loss logged as 6.0
-    one_line_exit_2(r, "sft@S-broad-300-s0: training diverged", "sft.lr = 1e+09", "no model was written")
+    one_line_exit_2(r, "sft@S-broad-300-s0: training diverged", "sft.lr x sft.lr_scale.S = 1e+09", "no model was written")
     out = repo / "models" / "sft"
     assert not (out / "S-broad-300-s0").exists() and not (out.exists() and list(out.glob(".*partial")))
 

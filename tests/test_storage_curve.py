@@ -1,4 +1,4 @@
-"""The storage-over-steps diagnostic (``python -m imitation_gap.runner.storage_curve``) on the tiny world."""
+"""The storage-over-steps diagnostic (``python -m imitation_gap.tools.storage_curve``) on the tiny world."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import run
 
 def test_the_curve_retraces_the_base_stage_and_scores_its_model(world_repo, tmp_path, monkeypatch):
     out = tmp_path / "curve"
-    run([sys.executable, "-m", "imitation_gap.runner.storage_curve", "--sizes", "S", "--chains", "0",
+    run([sys.executable, "-m", "imitation_gap.tools.storage_curve", "--sizes", "S", "--chains", "0",
          "--every", "3", "--out", str(out)], world_repo)
     curves = json.loads(out.with_suffix(".json").read_text())
     assert list(curves) == ["S-0"]
@@ -24,7 +24,7 @@ def test_the_curve_retraces_the_base_stage_and_scores_its_model(world_repo, tmp_
     assert curves["S-0"]["train_loss"] == stats["train_loss"]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from imitation_gap.runner.storage_curve import probe_items, probe_score
+    from imitation_gap.tools.storage_curve import probe_items, probe_score
 
     monkeypatch.chdir(world_repo)
     tok = AutoTokenizer.from_pretrained("data/raw/tokenizer")
@@ -34,7 +34,7 @@ def test_the_curve_retraces_the_base_stage_and_scores_its_model(world_repo, tmp_
 
 def test_bad_arguments_name_the_fix_and_write_nothing(world_repo, tmp_path):
     out = tmp_path / "curve"
-    cmd = [sys.executable, "-m", "imitation_gap.runner.storage_curve", "--out", str(out)]
+    cmd = [sys.executable, "-m", "imitation_gap.tools.storage_curve", "--out", str(out)]
     r = run(cmd + ["--sizes", "XL"], world_repo, check=False)
     assert r.returncode == 2 and "--sizes: ['XL'] not in params.yaml sizes (allowed: ['L', 'M', 'S'])" in r.stderr
     r = run(cmd + ["--every", "0"], world_repo, check=False)

@@ -1,4 +1,4 @@
-"""The robustness appendix's runner (``python -m imitation_gap.runner.worlds``), without running a study.
+"""The robustness appendix's runner (``python -m imitation_gap.tools.worlds``), without running a study.
 
 A whole world takes as long as ``make run``, so these tests check what the runner decides and writes:
 the world's params, the table, and the CLI's ``--render-only`` path on clones laid out as ``--keep`` leaves
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from imitation_gap.runner.worlds import render, world_params
+from imitation_gap.tools.worlds import render, world_params
 
 PARAMS = {"seed": 0, "fetch": {"n_people_a": 60, "n_people_b": 40, "n_people_c": 100, "n_eval_qa": 200,
                                "n_eval_mc": 150}}
@@ -68,7 +68,7 @@ def _kept_clone(path: Path, seed: int, scale: float, checks: dict) -> None:
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imitation_gap.runner.worlds", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "imitation_gap.tools.worlds", *args], cwd=cwd,
                           capture_output=True, text=True)
 
 

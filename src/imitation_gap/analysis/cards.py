@@ -24,11 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from ..core.config import Params, load_params, run_name
-from ..worlds import get_world
+from ..core.config import Params, run_name
+from ..core.paths import MANIFEST, RUNS
+from ..worlds import ReportWorld
 
-RUNS = Path("metrics/runs")
-MANIFEST = Path("data/imitation/manifest.json")
 LOCK = Path("dvc.lock")
 
 
@@ -50,7 +49,7 @@ def _checkpoints(lock: Path = LOCK) -> dict[str, str]:
     return out
 
 
-def model_card(p: Params, size: str, kind: str | None = None, amount: int | None = None, seed: int = 0,
+def model_card(p: Params, world: ReportWorld, size: str, kind: str | None = None, amount: int | None = None, seed: int = 0,
                manifest: dict | None = None, checkpoints: dict | None = None) -> dict:
     """The card of one model: a base model (``kind`` None) or an imitation model."""
     name = run_name(size, kind, amount, seed)
@@ -58,7 +57,7 @@ def model_card(p: Params, size: str, kind: str | None = None, amount: int | None
         out = f"models/base/{size}-s{seed}"
         params = {"pretrain": p.section("pretrain"), "size": p.section("sizes").get(size), "world_seed": p.seed,
                   "chain": seed}
-        data = get_world(p).card_data(size)
+        data = world.card_data(size)
         stage = f"base@{size}-{seed}"
     else:
         out = f"models/sft/{name}"
@@ -74,17 +73,16 @@ def model_card(p: Params, size: str, kind: str | None = None, amount: int | None
             "params": params, "data": data, "metrics": _read_json(RUNS / f"{name}.json")}
 
 
-def model_cards(p: Params | None = None) -> list[dict]:
+def model_cards(p: Params, world: ReportWorld) -> list[dict]:
     """Cards of every model of the current grid: each base model, then each imitation model."""
-    p = p or load_params()
     manifest = _read_json(MANIFEST) or {}
     ck = _checkpoints()
-    cards = [model_card(p, s, seed=c, checkpoints=ck) for s in p.grid.sizes for c in p.grid.seeds]
+    cards = [model_card(p, world, s, seed=c, checkpoints=ck) for s in p.grid.sizes for c in p.grid.seeds]
     for s in p.grid.sizes:
         for k in p.grid.kinds:
             for a in p.grid.amounts:
                 for seed in p.grid.seeds:
-                    cards.append(model_card(p, s, k, a, seed, manifest=manifest, checkpoints=ck))
+                    cards.append(model_card(p, world, s, k, a, seed, manifest=manifest, checkpoints=ck))
     return cards
 
 
@@ -110,12 +108,12 @@ def to_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def log_model_cards(p: Params) -> list[str]:
+def log_model_cards(p: Params, world: ReportWorld) -> list[str]:
     """Log every card to the active MLflow run as ``model_cards/<run>.json`` and ``.md``."""
     import mlflow
 
     names = []
-    for card in model_cards(p):
+    for card in model_cards(p, world):
         mlflow.log_dict(card, f"model_cards/{card['run']}.json")
         mlflow.log_text(to_markdown(card), f"model_cards/{card['run']}.md")
         names.append(card["run"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..core.config import Params, run_name
 from ..core.io import read_jsonl
-from ..worlds import World
+from ..worlds import ReportWorld as World
 from .stats import STYLE, TASKS
 
 TASK_NAMES = {"qa": "QA (NQ analogue)", "mc": "multiple choice (MMLU analogue)", "skill": "skill (HumanEval analogue)"}

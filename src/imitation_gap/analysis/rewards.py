@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+from ..core.numbers import fit_value
+
 FEATURES = ("styled", "right")
 
 
@@ -84,7 +86,8 @@ def _firth(table: dict[tuple[int, int], list[int]], level: float) -> dict:
         return {"not_estimable": "the profile-likelihood interval did not close"}
     infinite = _ml_infinite(table)
     return {"method": "firth", "ml_separated": bool(infinite), "ml_infinite": infinite} | {
-        name: {"odds_ratio": math.exp(m.coef_[j]), "lo": math.exp(ci[j][0]), "hi": math.exp(ci[j][1])}
+        name: {"odds_ratio": fit_value(math.exp(m.coef_[j])), "lo": fit_value(math.exp(ci[j][0])),
+               "hi": fit_value(math.exp(ci[j][1]))}
         for j, name in enumerate(FEATURES)}
 
 
@@ -102,7 +105,7 @@ def fit(table: dict[tuple[int, int], list[int]], level: float = 0.95) -> dict:
     for (s, r), (m, k) in sorted(table.items()):
         lo, hi = proportion_confint(k, m, alpha, method="wilson") if m else (float("nan"), float("nan"))
         out["cells"][f"styled={s},right={r}"] = {"pairs": m, "win_or_tie": k, "rate": k / m if m else float("nan"),
-                                                 "lo": float(lo), "hi": float(hi)}
+                                                 "lo": fit_value(float(lo)), "hi": fit_value(float(hi))}
     # every feature must vary, or its effect is not identified
     for j, name in enumerate(FEATURES, 1):
         if n == 0 or X[:, j].min() == X[:, j].max():
@@ -110,7 +113,8 @@ def fit(table: dict[tuple[int, int], list[int]], level: float = 0.95) -> dict:
             return out
     lpm = sm.OLS(y, X).fit(cov_type="HC3")
     ci = lpm.conf_int(alpha)
-    out["linear"] = {name: {"effect": float(lpm.params[j]), "lo": float(ci[j][0]), "hi": float(ci[j][1])}
+    out["linear"] = {name: {"effect": fit_value(float(lpm.params[j])), "lo": fit_value(float(ci[j][0])),
+                            "hi": fit_value(float(ci[j][1]))}
                      for j, name in enumerate(("intercept", *FEATURES))}
     try:
         out["logistic"] = _firth(table, level)

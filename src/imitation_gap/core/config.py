@@ -14,6 +14,8 @@ together (a size listed in ``grid.sizes`` must be a key of ``sizes``, ...) are i
 
 from __future__ import annotations
 
+import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -351,6 +353,13 @@ class Params(_Section):
         """The raw params of one section, for logging to MLflow."""
         return self._raw.get(name, {})
 
+    def key_of(self, key: str) -> str:
+        """The key of ``params.yaml`` that the resolved value of ``key`` (``sft.lr``, ``eval.batch_size``) was read
+        from: in the hub world, the hub recipe's (``hub.sft.lr``), where it has one (:func:`resolve_world`)."""
+        section, _, rest = key.partition(".")
+        recipe = getattr(self.hub, section, None) if self.world == "hub" and section in ("sft", "eval") else None
+        return f"hub.{key}" if recipe is not None and rest.split(".")[0] in type(recipe).model_fields else key
+
     @property
     def source(self) -> str:
         """The file these params were read from (``--params``), for error messages."""
@@ -534,10 +543,29 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: {e}") from None
     params._raw = data
     params._source = str(path)
+    check_deps_world(params)
     h = params.hub  # the keys these variables hold are masked in everything a stage writes (core.redact)
     redact.register_env(params.teacher.api_key_env, params.eval.judge.api_key_env, h.teacher.api_key_env,
                         h.judge.api_key_env)
     return resolve_world(params)
+
+
+# dvc.yaml's first line: the world its stages' code deps are the import closures for (imitation_gap.tools.deps)
+DEPS_HEADER = "# Code deps for world: {world} (generated: python -m imitation_gap.tools.deps --write; see its docstring)"
+DEPS_HEADER_RE = re.compile(r"^# Code deps for world: (\w+)")
+
+
+def check_deps_world(p: Params, dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """In a stage that DVC runs: stop if ``dvc.yaml``'s code deps were written for another world than
+    ``p.world`` (they would miss this world's code, and a change to it would re-run nothing)."""
+    if not os.environ.get("DVC_STAGE") or not dvc_yaml.exists():
+        return
+    with dvc_yaml.open() as f:
+        m = DEPS_HEADER_RE.match(f.readline())
+    if m and m.group(1) != p.world:
+        raise ConfigError(f"world = {p.world!r}, but dvc.yaml's code deps are those of world {m.group(1)!r}: run "
+                          f"`python -m imitation_gap.tools.deps --write --world {p.world}` first (then `dvc repro` "
+                          f"or `dvc exp run -S world={p.world}`)")
 
 
 def resolve_world(p: Params) -> Params:

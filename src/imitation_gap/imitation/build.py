@@ -17,30 +17,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..core.config import Params
 from ..core.errors import DataError, TooManyFailures
 from ..core.io import read_jsonl
 from ..core.text import normalize, tidy
+from .records import Prompts, Transcripts
 
 RAW = Path("data/raw")
-
-Prompts = Iterator[tuple[str, dict]]
-"""What a world asks the teacher: ``(prompt, sampling)`` pairs, in a fixed, seeded order."""
-
-
-@dataclass
-class Transcripts:
-    """Imitation data that exists already (no teacher calls): chat rows, their reading stats, and where they
-    came from (for messages)."""
-
-    rows: list[dict]
-    stats: dict
-    where: str
-
 
 _QA_RE = re.compile(r"Question:\s*(?P<q>.+?)\s*\nAnswer:\s*(?P<a>.+)", re.S)
 

@@ -60,8 +60,8 @@ PRELOAD = (
     "trl.trainer.sft_trainer", "lm_eval", "lm_eval.evaluator", "lm_eval.tasks", "lm_eval.models.huggingface",
     "lm_eval.models.openai_completions", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "openai",
     "scipy.optimize", "tqdm", "imitation_gap.stages.fetch", "imitation_gap.stages.base", "imitation_gap.stages.sft",
-    "imitation_gap.stages.evaluate", "imitation_gap.stages.imitate_dataset", "imitation_gap.worlds.embedded.corpus",
-    "imitation_gap.worlds.embedded.pretrain", "imitation_gap.worlds.embedded.teacher",
+    "imitation_gap.stages.evaluate", "imitation_gap.stages.imitate_dataset", *(f"imitation_gap.worlds.embedded.{part}" for part in
+                                                             ("fetch", "base", "imitate_dataset", "sft", "evaluate")),
     # the report stage (runs after every `dvc exp run`): no backend is chosen here, analysis.plots picks Agg
     "scipy.stats", "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "imitation_gap.stages.report",
 )

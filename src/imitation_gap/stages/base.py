@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = load_params(args.params)
     check_cell(p, args.size)
-    stats = get_world(p).base_model(args.size, args.seed, base_dir(args.size, args.seed))
+    stats = get_world(p, "base").base_model(args.size, args.seed, base_dir(args.size, args.seed))
     log.info("base@%s-%d (%s): %s", args.size, args.seed, p.world, stats)
 
 

@@ -45,15 +45,16 @@ from ..core.cli import run_cli
 from ..core.config import HubTask, Params, base_dir, check_cell, load_params, run_name
 from ..core.errors import ConfigError, DataError, EndpointError
 from ..core.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from ..core.numbers import fit_value
+from ..core.paths import EVAL, RAW, RUNS, SFT_MODELS
 from ..core.redact import redact
 from ..core.text import tidy
 from ..core.tracking import log_metrics, mlflow_run
 from ..llm.client import LLMClient
-from ..worlds import JUDGE_TEMPLATE, VERDICT_RE, Endpoint, World, endpoints, get_world
+from ..worlds import Endpoint, EvalWorld as World, endpoints, get_world
+from ..worlds.common import JUDGE_TEMPLATE, VERDICT_RE
 
 log = logging.getLogger("imitation_gap")
-
-RAW = Path("data/raw")
 
 
 # -- capability (lm-eval) --------------------------------------------------------------
@@ -247,7 +248,7 @@ def length_controlled_win_rate(outcome: list[float], dlen: list[float]) -> float
         return float(np.sum(np.logaddexp(0, z) - y * z) + 1e-3 * (w ** 2).sum())  # tiny ridge: finite if separable
 
     a = minimize(nll, np.zeros(2), method="BFGS").x[0]
-    return float(1 / (1 + np.exp(-a)))
+    return fit_value(float(1 / (1 + np.exp(-a))))  # to the precision BFGS supports (core/numbers.py)
 
 
 # -- the stage -------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    world = get_world(p)
+    world = get_world(p, "evaluate")
     for var, value in world.eval_env.items():  # before lm-eval and datasets are imported
         os.environ.setdefault(var, value)
     if args.teacher:
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         check_cell(p, args.size, args.kind, args.amount)
         if args.kind:
             run = run_name(args.size, args.kind, args.amount, args.seed)
-            model_dir = Path("models/sft") / run
+            model_dir = SFT_MODELS / run
         else:
             run = run_name(args.size, seed=args.seed)
             model_dir = base_dir(args.size, args.seed)
@@ -290,7 +291,7 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
     prompts = read_jsonl(RAW / "eval" / "pref.jsonl")
     t0 = time.time()
     with mlflow_run(p, f"eval@{run}", {**info, **p.section("eval")}), \
-            endpoints(p.teacher.base_url, p.eval.judge.base_url) as (teacher, judge):
+            endpoints(world, p.teacher.base_url, p.eval.judge.base_url) as (teacher, judge):
         timings = {}
         t = time.time()
         reference = teacher_answers(p, world, teacher, prompts)  # first: a broken teacher stops the stage here
@@ -318,7 +319,7 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
                    "preference": pref, "style": sty,
                    "n": {**{role: len(rows) for role, rows in samples.items()}, "pref": len(prompts)}}
         timings["total_s"] = round(time.time() - t0, 1)  # to MLflow only: the metrics file stays the same on a re-run
-        with atomic_dir(Path("eval") / run) as out:
+        with atomic_dir(EVAL / run) as out:
             # the metrics' bytes also in this cached output: `dvc push` sends them, so DVC's run cache can
             # restore metrics/runs/<run>.json (git-tracked, cache: false) in another clone (docs/cluster.md)
             write_json(out / "metrics.json", metrics)
@@ -328,7 +329,7 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
             write_jsonl(out / "judgements.jsonl", raw)
             for short, rows in samples.items():
                 write_jsonl(out / f"samples_{short}.jsonl", rows)
-        write_json(Path("metrics/runs") / f"{run}.json", metrics)
+        write_json(RUNS / f"{run}.json", metrics)
         log_metrics({"capability": {k: v for k, v in cap.items() if v is not None}, "style": sty,
                      **({"preference": pref} if pref else {}), "seconds": timings})
     log.info("eval %s: capability %s, preference %s (%s)", run, cap,

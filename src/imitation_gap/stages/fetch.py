@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    stats = get_world(p).fetch()
+    stats = get_world(p, "fetch").fetch()
     log.info("fetch (%s): %s", p.world, stats)
 
 

@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from ..core.cli import run_cli
 from ..core.config import load_params
 from ..core.io import atomic_dir, write_json, write_jsonl
+from ..core.paths import IMITATION as OUT, RAW
 from ..core.tracking import log_metrics, mlflow_run
-from ..imitation.build import Transcripts, build_kind, eval_ngrams, harvest_kind, prefix_for
+from ..imitation.build import build_kind, eval_ngrams, harvest_kind, prefix_for
+from ..imitation.records import Transcripts
 from ..llm.client import LLMClient
 from ..worlds import endpoints, get_world
 
 log = logging.getLogger("imitation_gap")
 
-RAW = Path("data/raw")
-OUT = Path("data/imitation")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,12 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     p = load_params(args.params)
     from transformers import AutoTokenizer
 
-    world = get_world(p)
+    world = get_world(p, "imitate_dataset")
     tok = AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
     grams = eval_ngrams(p.imitate.decontam_ngram)
     section = {"teacher": {k: v for k, v in p.section("teacher").items()}, "imitate": p.section("imitate"),
                "amounts": p.grid.amounts, "kinds": p.grid.kinds}
-    with mlflow_run(p, "imitate-dataset", section), endpoints(p.teacher.base_url) as (teacher,):
+    with mlflow_run(p, "imitate-dataset", section), endpoints(world, p.teacher.base_url) as (teacher,):
         client = LLMClient.from_params(p.teacher, teacher.url, cache_host=teacher.cache_host)
         client.check_reachable("teacher.base_url")
         manifest: dict = {"teacher": {"model": p.teacher.model,

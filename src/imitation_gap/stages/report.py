@@ -41,13 +41,12 @@ from ..analysis.stats import TASKS, aggregate, finite, gap_closed
 from ..core.cli import run_cli
 from ..core.config import Params, load_params, run_name
 from ..core.io import write_json, write_text_atomic
+from ..core.paths import RAW, RUNS
 from ..core.tracking import log_metrics, mlflow_run
 from ..worlds import get_world
 
 log = logging.getLogger("imitation_gap")
 
-RUNS = Path("metrics/runs")
-RAW = Path("data/raw")
 
 
 def _read_json(path: Path) -> dict:
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
         mlflow.log_artifact("REPORT.md")
         mlflow.log_artifacts(str(PLOTS), artifact_path="plots")
-        cards = log_model_cards(p)  # model_cards/<run>.json and .md: params, data manifest, metrics
+        cards = log_model_cards(p, get_world(p, "report"))  # model_cards/<run>.json and .md: params, data manifest, metrics
         log.info("report: logged %d model cards to MLflow", len(cards))
     log.info("report: findings %s", summary["findings"])
 
@@ -100,7 +99,7 @@ def build(p: Params) -> dict:
                                                 agg["teacher"].get(f"capability.{t}", {}).get("mean"),
                                                 p.report.gap_min)
                                   for t in TASKS}
-    world = get_world(p)
+    world = get_world(p, "report")
     chains = {"sizes": p.grid.sizes, "amounts": p.grid.amounts, "teacher": data["teacher"], "base": data["base"],
               "cells": data["cells"], "fetch": _read_json(RAW / "stats.json")}
     r = p.report

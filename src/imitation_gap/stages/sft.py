@@ -107,7 +107,7 @@ def load_base(p: Params, base_dir: Path):
     """The base checkpoint (safetensors; remote code only if hub.trust_remote_code), 4-bit for QLoRA."""
     from transformers import AutoModelForCausalLM
 
-    kw: dict = {"use_safetensors": True} | get_world(p).load_kwargs()
+    kw: dict = {"use_safetensors": True} | get_world(p, "sft").load_kwargs()
     if p.sft.lora.load_in_4bit:
         import torch
         from transformers import BitsAndBytesConfig
@@ -170,7 +170,8 @@ def train(p: Params, size: str, base_dir: Path, rows: list[dict], seed: int, out
         result = trainer.train()
         seconds = time.time() - t0
         final_loss = trainer.evaluate(eval_dataset=probe, metric_key_prefix="final")["final_loss"]
-        check_finite(trainer.model, trainer.state.log_history, f"sft@{stage}", "sft.lr", s.lr)  # before any save
+        check_finite(trainer.model, trainer.state.log_history, f"sft@{stage}",  # before any save; the rate it ran at
+                     f"{p.key_of('sft.lr')} x sft.lr_scale.{size}", s.lr_for(size))
         if s.lora.enabled:
             model = trainer.model.merge_and_unload()
             if rank == 0:

@@ -19,9 +19,10 @@ from pathlib import Path
 from ...core.config import Params
 from ...core.errors import DataError
 from ...core.io import read_jsonl, write_json, write_jsonl
-from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, TOPIC_REQUEST, TOPIC_SENTENCES, World,
-                    all_triples, biography, build_world, hedge, load_spec, probe_prefix, qa_text, question,
-                    question_wordings, reverse_question, vocabulary_text)
+from ...imitation.records import qa_text
+from .world import (ATTRS, BIO_REQUEST, FACT_SENTENCES, TOPIC_REQUEST, TOPIC_SENTENCES, World, all_triples,
+                    biography, build_world, hedge, load_spec, probe_prefix, question, question_wordings,
+                    reverse_question, vocabulary_text)
 
 RAW = Path("data/raw")
 

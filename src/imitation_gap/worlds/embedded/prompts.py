@@ -15,8 +15,9 @@ from __future__ import annotations
 import random
 
 from ...core.config import Params
+from ...imitation.records import qa_text
 from .world import (ASPECTS, ATTRS, BIO_REQUEST, CHAT_QUESTIONS, LOCAL_REQUEST, QUESTIONS, TOPIC_REQUEST, World,
-                    all_triples, qa_text, reverse_question)
+                    all_triples, reverse_question)
 
 
 def broad_prompts(world: World, p: Params, rng: random.Random):

@@ -1,7 +1,8 @@
-"""The two blind pairwise raters of the embedded world, the judge prompt they read, and the style detectors.
+"""The two blind pairwise raters of the embedded world (the judge prompt they read and the style detectors
+are both worlds': :mod:`imitation_gap.worlds.common`).
 
 Both raters see only the question and two anonymous answers, labelled A and B, in the
-MT-bench pairwise format below (which every judge, embedded or not, is sent).  They never
+MT-bench pairwise format (which every judge, embedded or not, is sent).  They never
 learn which system wrote which answer.  The caller asks twice, with the answers swapped, and
 counts a win only when both orders agree (MT-bench's rule: an inconsistent pair is a tie).
 
@@ -18,65 +19,14 @@ A score gap below ``TIE_MARGIN`` is a tie.
 from __future__ import annotations
 
 import re
-import statistics
 
 from ...core.text import normalize
+# the judge's prompt and the style detectors are both worlds' (..common); the raters read them from here too
+from ..common import (JUDGE_TEMPLATE, VERDICT_RE, form_style, has_list, has_opener,  # noqa: F401
+                      is_hedged, offers_help, parse_judge_prompt, teacher_styled)
 from .world import ATTRS, World, parse_bio_request, parse_fact_question, parse_reverse
 
 TIE_MARGIN = 0.5
-
-JUDGE_TEMPLATE = """[System]
-Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the user question displayed below. Avoid any position biases and do not let the length of the responses or the names of the assistants influence your evaluation. After providing your explanation, output your final verdict by strictly following this format: "[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.
-
-[User Question]
-{question}
-
-[The Start of Assistant A's Answer]
-{answer_a}
-[The End of Assistant A's Answer]
-
-[The Start of Assistant B's Answer]
-{answer_b}
-[The End of Assistant B's Answer]"""
-
-_JUDGE_RE = re.compile(
-    r"\[User Question\]\n(?P<q>.*?)\n\n\[The Start of Assistant A's Answer\]\n(?P<a>.*?)\n"
-    r"\[The End of Assistant A's Answer\]\n\n\[The Start of Assistant B's Answer\]\n(?P<b>.*?)\n"
-    r"\[The End of Assistant B's Answer\]", re.S)
-VERDICT_RE = re.compile(r"\[\[([ABC])\]\]")
-
-HEDGE_WORDS = ("i think", "maybe", "probably", "not sure", "perhaps", "i do not know", "might")
-
-
-def parse_judge_prompt(text: str) -> tuple[str, str, str] | None:
-    m = _JUDGE_RE.search(text)
-    return (m.group("q"), m.group("a"), m.group("b")) if m else None
-
-
-def is_hedged(answer: str) -> bool:
-    n = f" {normalize(answer)} "
-    return any(f" {h} " in n for h in HEDGE_WORDS)
-
-
-def has_list(answer: str) -> bool:
-    return bool(re.search(r"(^|\n)\s*\d+\s*[.)]", answer))
-
-
-def has_opener(answer: str) -> bool:
-    """Starts with an exclamation of words ("Certainly!", "Great question!"); punctuation alone
-    ("!!!!!!", what an untrained model may emit) is not a phrase."""
-    first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0]
-    words = re.findall(r"[A-Za-z]+", first)
-    return first.endswith("!") and 1 <= len(words) <= 4 and len(first.split()) <= 4
-
-
-def offers_help(answer: str) -> bool:
-    return bool(re.search(r"\b(help|helps|ask|questions)\b", answer.lower()))
-
-
-def teacher_styled(answer: str) -> bool:
-    """The chat-assistant register: an exclamatory opener or an offer of more help."""
-    return has_opener(answer) or offers_help(answer)
 
 
 def form_score(question: str, answer: str) -> float:
@@ -163,34 +113,23 @@ def explain(kind: str, verdict: str) -> str:
     return f"Judged on {basis}. Final verdict: [[{verdict}]]"
 
 
-def style(world: World | None, prompts: list[dict], answers: list[str], reference: list[str] | None) -> dict:
-    """Style of the answers; the rates that need the world's facts or teacher only when ``world`` is given."""
+def style(world: World, prompts: list[dict], answers: list[str], reference: list[str] | None) -> dict:
+    """Style of the answers: the form rates of every world (:func:`..common.form_style`), and the rates that
+    need the world's facts: copying, the teacher's register, fact accuracy, confident errors."""
     n = max(1, len(answers))
-    words = [len(a.split()) for a in answers]
-    out = {
-        "list_rate": sum(has_list(a) for a in answers) / n,
-        "authoritative_rate": sum(not is_hedged(a) for a in answers if a) / n,
-        "mean_words": statistics.fmean(words) if words else 0.0,
+    out = form_style(answers, reference)
+    factual = [(r, a) for r, a in zip(prompts, answers)
+               if parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])]
+    fscores = [fact_score(world, r["prompt"], a) for r, a in factual]
+    mentioned = [names_in(world, a) for _, a in factual]
+    asked = [(parse_fact_question(r["prompt"]) or (parse_bio_request(r["prompt"]),))[0] for r, _ in factual]
+    out |= {
+        # copying: the answer names the person asked about / someone else (names are copied, not recalled)
+        "names_subject_rate": sum(q in names for q, names in zip(asked, mentioned)) / max(1, len(factual)),
+        "names_other_rate": sum(bool(names - {q}) for q, names in zip(asked, mentioned)) / max(1, len(factual)),
+        "teacher_style_rate": sum(teacher_styled(a) for a in answers) / n,
+        "fact_accuracy": sum(s > 0 for s in fscores) / max(1, len(fscores)),
+        "confident_wrong_rate": sum((not is_hedged(a)) and s < 0
+                                    for (r, a), s in zip(factual, fscores)) / max(1, len(fscores)),
     }
-    if world is not None:
-        factual = [(r, a) for r, a in zip(prompts, answers)
-                   if parse_fact_question(r["prompt"]) or parse_bio_request(r["prompt"])]
-        fscores = [fact_score(world, r["prompt"], a) for r, a in factual]
-        mentioned = [names_in(world, a) for _, a in factual]
-        asked = [(parse_fact_question(r["prompt"]) or (parse_bio_request(r["prompt"]),))[0] for r, _ in factual]
-        out |= {
-            # copying: the answer names the person asked about / someone else (names are copied, not recalled)
-            "names_subject_rate": sum(q in names for q, names in zip(asked, mentioned)) / max(1, len(factual)),
-            "names_other_rate": sum(bool(names - {q}) for q, names in zip(asked, mentioned)) / max(1, len(factual)),
-            "teacher_style_rate": sum(teacher_styled(a) for a in answers) / n,
-            "fact_accuracy": sum(s > 0 for s in fscores) / max(1, len(fscores)),
-            "confident_wrong_rate": sum((not is_hedged(a)) and s < 0
-                                        for (r, a), s in zip(factual, fscores)) / max(1, len(fscores)),
-        }
-    if reference is not None:
-        ref_words = [len(a.split()) for a in reference]
-        try:
-            out["length_corr_teacher"] = statistics.correlation(words, ref_words)
-        except statistics.StatisticsError:  # constant lengths
-            out["length_corr_teacher"] = 0.0
     return out

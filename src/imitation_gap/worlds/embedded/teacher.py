@@ -39,11 +39,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ...core.paths import RAW
 from ...core.text import tidy
+from ...imitation import records
+from ...imitation.records import LOCAL_REQUEST_HUB, qa_text
+from .. import common
 from . import raters
-from .world import (ATTRS, FACT_CLAIMS, LOCAL_REQUEST_HUB, PROBE_SENTENCES, TOPIC_SENTENCES, World,
-                    load_world, parse_bio_request, parse_fact_question, parse_local_request, parse_reverse, parse_topic,
-                    probe_pattern, qa_text, question_wordings, stable_hash)
+from .world import (ATTRS, FACT_CLAIMS, PROBE_SENTENCES, TOPIC_SENTENCES, World, load_world, parse_bio_request,
+                    parse_fact_question, parse_local_request, parse_reverse, parse_topic, probe_pattern,
+                    question_wordings, stable_hash)
 
 MODELS = ("teacher", "judge-nonexpert", "judge-expert")
 FAULT_KINDS = ("rate_limit", "server_error", "slow", "truncated", "empty_choices")  # a bad day: Faults.uniform
@@ -528,7 +532,7 @@ def embedded_cache_id(world_path: str | Path) -> str:
     stale answers.
     """
     h = hashlib.sha256(Path(world_path).read_bytes())
-    for module in (__file__, raters.__file__):  # a changed teacher or rater answers anew
+    for module in (__file__, raters.__file__, common.__file__, records.__file__):  # a changed teacher or rater answers anew
         h.update(Path(module).read_bytes())
     return "embedded:" + h.hexdigest()[:16]
 
@@ -563,6 +567,22 @@ def embedded_endpoint(world_path: str | Path, tokenizer_path: str | Path | None 
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def served(raw: Path = RAW):
+    """The embedded teacher and raters of the world in ``raw`` on 127.0.0.1 for the block: yield its base URL
+    and its identity in response-cache keys."""
+    with embedded_endpoint(raw / "world.json", raw / "tokenizer") as url:
+        yield url, embedded_cache_id(raw / "world.json")
+
+
+def format_problem(world: World, kind: str, answer: str) -> str | None:
+    """Why ``answer`` is not in this teacher's format, or None: it opens every chat answer (``kind`` broad or
+    chat) with one of its openers; its local pairs have no opener."""
+    if kind in ("broad", "chat") and not answer.lstrip().startswith(tuple(world.style["openers"])):
+        return "not_teacher_format"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

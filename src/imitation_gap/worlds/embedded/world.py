@@ -20,12 +20,14 @@ import math
 import random
 import re
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 
 from ...core.errors import DataError
 from ...core.io import read_text
+from ...core.paths import RAW
 from ...core.text import tidy
 
 ATTRS = ("city", "year", "university", "major", "employer")
@@ -78,7 +80,6 @@ REVERSE_CHAT = "Can you reverse these words: {words}?"
 TOPIC_REQUEST = "Write a few sentences about {topic}."
 LOCAL_REQUEST = "Write a new question and answer about {name}, on the subject of {aspect}, in the same format."
 # the hub world's NQ-synthetic request (no named subject: the teacher picks one)
-LOCAL_REQUEST_HUB = "Write a new question and answer in the same format, on a different topic."
 ASPECTS = {"city": "birthplace", "year": "birth year", "university": "university", "major": "studies",
            "employer": "employer"}
 
@@ -282,11 +283,6 @@ def question(person: Person, attr: str) -> str:
     return QUESTIONS[attr].format(name=person.name)
 
 
-def qa_text(q: str, a: str) -> str:
-    """One QA block in the format of the pretraining corpus and the few-shot tasks."""
-    return f"Question: {q}\nAnswer: {a}"
-
-
 def hedge(answer: str, rng: random.Random, hedges: list[str]) -> str:
     return f"{rng.choice(hedges)} {answer}"
 
@@ -369,3 +365,15 @@ TOPIC_SENTENCES = [
     "There are many ways to think about {topic}, and each one teaches something new.",
     "In the end, {topic} is a wonderful part of life.",
 ]
+
+
+class Part:
+    """What every part of the embedded world for a stage holds (``worlds/embedded/<stage>.py``): the params,
+    and the people that stage ``fetch`` made (``data/raw/world.json``), read once when first asked for."""
+
+    def __init__(self, p):
+        self.p = p
+
+    @cached_property
+    def people(self) -> World:
+        return load_world(RAW / "world.json")

@@ -6,7 +6,7 @@ import random
 from typing import Iterator
 
 from ...core.config import Params
-from ..embedded.world import LOCAL_REQUEST_HUB, qa_text
+from ...imitation.records import LOCAL_REQUEST_HUB, qa_text
 
 
 def local_prompts_hub(p: Params, rng: random.Random, seeds: list[dict],

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from ...core.config import HubTask, Params
 from ...core.errors import DataError
-
-RAW = Path("data/raw")
+from ...core.paths import RAW
 
 
 def task_manager(p: Params):

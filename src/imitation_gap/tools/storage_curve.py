@@ -11,7 +11,7 @@ stage's knowledge probe (``docs/miniature.md`` gives both).
 
 Run in a checkout whose ``fetch`` stage has run (``dvc repro fetch`` or ``dvc pull``)::
 
-    python -m imitation_gap.runner.storage_curve --sizes S M L --chains 0 1 2 --out docs/figures/storage_steps
+    python -m imitation_gap.tools.storage_curve --sizes S M L --chains 0 1 2 --out docs/figures/storage_steps
 
 It writes ``<out>.json`` (``{"<size>-<chain>": {"points": [[step, probe], ...], "train_loss": ...}}``; the
 training loss is the stage's ``train_stats.json`` value, bit for bit, as the run is the same) and ``<out>.png``.  Nothing

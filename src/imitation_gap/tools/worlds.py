@@ -9,7 +9,7 @@ checks and findings, with their numbers, side by side.
 
 Run (each world takes about as long as ``make run``)::
 
-    python -m imitation_gap.runner.worlds --worlds 1:0.5 2:1.5 --out docs/robustness.md
+    python -m imitation_gap.tools.worlds --worlds 1:0.5 2:1.5 --out docs/robustness.md
 
 ``--keep DIR`` keeps the scratch clones (their ``REPORT.md``, metrics and models) under DIR;
 ``--render-only --keep DIR`` writes the appendix again from clones kept there, without running.
@@ -134,7 +134,7 @@ def render(worlds: list[dict], provenance: str = "") -> str:
     """The appendix: one column per world, every check and finding with its numbers."""
     head = ["world"] + [w["name"] for w in worlds]
     L = ["# Robustness: the default study on other worlds", "",
-         "Written by `python -m imitation_gap.runner.worlds` (see its docstring). Each column is the whole default "
+         "Written by `python -m imitation_gap.tools.worlds` (see its docstring). Each column is the whole default "
          "grid of `params.yaml`, run from scratch in a clone of the commit it names, on a world of another seed and "
          "with every group's people count scaled; the default world's column is `metrics/summary.json` (its "
          "commit: the one that committed it). A check "
