@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import math
 
+from ..core.io import lookup
 from .verdict import FAILED, HELD, Condition, combine, difference, estimate, exact, ratio
 
 PASS = {"held": "pass", "did not hold": "fail"}
 
 
 def _get(run: dict | None, path: str):
-    d = run
-    for k in path.split("."):
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
+    """The number at dotted ``path`` of a run's metrics (None if missing or not a number)."""
+    d = lookup(run, path)
     return d if isinstance(d, (int, float)) and not isinstance(d, bool) else None
 
 

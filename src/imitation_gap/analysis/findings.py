@@ -13,9 +13,9 @@ from __future__ import annotations
 import statistics
 
 from .checks import values
+from .stats import TASKS
 from .verdict import NOT_MEASURED, Condition, combine, difference, estimate
 
-CAP_TASKS = ("qa", "mc", "skill")  # the benchmarks: NQ, MMLU and HumanEval analogues
 
 PAPER = {
     "F1": "~70% of imitation outputs rated as good as or better than ChatGPT's by crowd workers (Figure 1); "
@@ -33,7 +33,7 @@ def capability(run: dict | None) -> float | None:
     """Mean of the benchmark analogues a run measured (a task the world skipped is left out)."""
     if not run:
         return None
-    vals = [(run.get("capability") or {}).get(t) for t in CAP_TASKS]
+    vals = [(run.get("capability") or {}).get(t) for t in TASKS]  # the benchmarks: NQ, MMLU and HumanEval analogues
     vals = [v for v in vals if isinstance(v, (int, float))]
     return statistics.fmean(vals) if vals else None
 

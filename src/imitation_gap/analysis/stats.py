@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
+
+from ..core.io import lookup
+from .verdict import estimate
 
 log = logging.getLogger("imitation_gap")
 
@@ -20,18 +22,10 @@ STYLE = ("teacher_style_rate", "list_rate", "authoritative_rate", "confident_wro
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval (``scipy.stats.t.interval``); (mean, nan, nan) for fewer than 2 values."""
-    from scipy import stats
-
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"t_interval: a non-finite value in {values}: it must never be averaged")
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, float("nan"), float("nan")
-    se = float(stats.sem(values))
-    if se == 0:  # every seed the same: a zero-width interval (scipy calls a zero scale undefined)
-        return m, m, m
-    lo, hi = stats.t.interval(level, len(values) - 1, loc=m, scale=se)
-    return m, float(lo), float(hi)
+    e = estimate(values, level)  # the findings' interval (analysis/verdict.py): one implementation
+    return e.mean, e.lo, e.hi
 
 
 def wilson_interval(p: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -74,14 +68,6 @@ def finite(obj):
     return obj
 
 
-def get(d: dict, path: str):
-    for k in path.split("."):
-        if d is None:
-            return None
-        d = d.get(k)
-    return d
-
-
 def metric_paths() -> list[tuple[str, str, bool]]:
     """(name, path in a metrics file, is a rate) of every metric the report aggregates."""
     out = [(f"capability.{t}", f"capability.{t}", True) for t in (*TASKS, "store")]
@@ -103,8 +89,8 @@ def aggregate(runs: list[dict]) -> dict:
     it is never averaged."""
     out = {}
     for name, path, is_rate in metric_paths():
-        vals = [v for v in (get(r, path) for r in runs) if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        bad = [r.get("run", "?") for r in runs if isinstance(get(r, path), float) and not math.isfinite(get(r, path))]
+        vals = [v for v in (lookup(r, path) for r in runs) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        bad = [r.get("run", "?") for r in runs if isinstance(lookup(r, path), float) and not math.isfinite(lookup(r, path))]
         if bad:
             log.warning("report: %s is not finite in %s; left out (not measured), never averaged", name,
                         ", ".join(map(str, bad)))

@@ -107,6 +107,16 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+def lookup(d: Any, path: str) -> Any:
+    """The value at dotted ``path`` (``"preference.expert.win_tie_rate"``) of nested mappings; None where a part
+    is missing or not a mapping."""
+    for k in path.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` through a temporary sibling (``.<name>.<pid>.<random>.tmp``) and ``os.replace``."""
     path = Path(path)

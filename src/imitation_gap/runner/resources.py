@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from ..core.io import lookup
+
 
 @dataclass(frozen=True)
 class Needs:
@@ -38,12 +40,8 @@ class Needs:
 
 
 def _get(params: dict, dotted: str, default):
-    node = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return default if node is None else node
+    value = lookup(params, dotted)
+    return default if value is None else value
 
 
 def needs(stage: str, params: dict) -> Needs:
