@@ -66,3 +66,188 @@ def test_a_cached_answer_that_holds_the_key_is_dropped_on_read(small_world, tmp_
     assert server.stats.requests == 1 and not leaks(tmp_path, secret)
 
 
+# -- 2. junk a failed stage cached never passes on a later run --------------------------------------
+class Switch:
+    """One endpoint (one URL, so one cache key) that answers junk behind a real teacher opener until
+    ``real`` is set, then as the embedded teacher."""
+
+    JUNK = "Certainly! qq qq <eos> lorem @@ zz"
+
+    def __init__(self, world):
+        from imitation_gap.worlds.embedded.teacher import TeacherModel
+
+        teacher, outer = TeacherModel(world), self
+        self.real = False
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                self.send(200, {"object": "list", "data": [{"id": "teacher", "object": "model"}]})
+
+            def send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = teacher.chat(body["messages"]) if outer.real else Switch.JUNK
+                self.send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "teacher",
+                                "choices": [{"index": 0, "finish_reason": "stop",
+                                             "message": {"role": "assistant", "content": text}}],
+                                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_junk_behind_a_teacher_opener_never_becomes_data_on_a_later_run(world_repo, tmp_path):
+    """Was: the junk passed the opener check and was cached; the real teacher then ran on the same URL and
+    cache, exited 0 with cache hits, and rows of the dataset were junk."""
+    from imitation_gap.worlds.embedded.teacher import TeacherModel
+    from imitation_gap.worlds.embedded.world import load_world
+
+    repo = repo_copy(world_repo, tmp_path)
+    world = load_world(repo / "data" / "raw" / "world.json")
+    srv = Switch(world)
+    edits = {"teacher": {"base_url": srv.url, **FAIL_FAST}, "grid": {"kinds": ["broad"]}}
+    try:
+        first = stage(repo, tmp_path, ["imitation_gap.stages.imitate_dataset"], edits)
+        srv.real = True
+        second = stage(repo, tmp_path, ["imitation_gap.stages.imitate_dataset"], edits)
+    finally:
+        srv.close()
+    one_line_exit_2(first, "control_token")
+    assert second.returncode == 0, second.stderr[-3000:]
+    teacher = TeacherModel(world)
+    rows = [json.loads(line) for f in (repo / "data" / "imitation").rglob("*.jsonl") for line in f.open()]
+    assert rows
+    for row in rows:
+        user, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
+        assert answer == teacher.chat([{"role": "user", "content": user}]), answer
+
+
+def test_the_embedded_check_refuses_junk_and_takes_every_teacher_answer(world_repo, monkeypatch):
+    from imitation_gap.core.config import load_params
+    from imitation_gap.worlds import get_world
+    from imitation_gap.worlds.embedded.teacher import TeacherModel
+
+    monkeypatch.chdir(world_repo)
+    p = load_params("params.yaml")
+    w = get_world(p)
+    teacher = TeacherModel(w.people)
+    for junk, why in ((Switch.JUNK, "control_token"), ("Certainly! qq qq lorem @@", "outside_vocabulary"),
+                      ("Of course! Winter <|im_end|>", "outside_vocabulary")):
+        assert w.answer_problem("broad", junk) == why, junk
+    n = 0
+    for kind in ("broad", "local"):
+        for i, (q, _) in enumerate(w.imitation_source(kind)):
+            if i == 300:
+                break
+            answer = teacher.chat([{"role": "user", "content": q}])
+            assert w.answer_problem(kind, answer) is None, answer
+            n += 1
+    assert n == 600
+
+
+def test_the_hub_check_refuses_control_tokens_and_symbol_junk():
+    from imitation_gap.worlds.hub.answers import answer_problem
+
+    assert answer_problem("Sure! Paris is the capital of France.", 0.5) is None
+    assert answer_problem("def f(x):\n    return x + 1  # adds one", 0.5) is None
+    assert answer_problem("Certainly! qq <|im_end|> lorem", 0.5) == "control_token"
+    assert answer_problem("Certainly! @@ ## $$ %% ^^", 0.5) == "few_words"
+    assert answer_problem("Certainly! @@ ## $$ %% ^^", 0.0) is None  # hub.answer_check.min_word_share: 0 = off
+
+
+# -- 3. corrupt outputs of earlier stages: one line, the file, the command that rebuilds it ------------
+def _truncate(f: Path) -> None:
+    data = f.read_bytes()
+    f.unlink()  # a new file: never write through a link into DVC's cache
+    f.write_bytes(data[: len(data) // 2])
+
+
+def _empty(f: Path) -> None:
+    f.unlink()
+    f.write_bytes(b"")
+
+
+def _remove(d: Path) -> None:
+    import shutil
+
+    shutil.rmtree(d)
+
+
+def _with_rows(repo: Path) -> None:
+    d = repo / "data" / "imitation" / "broad"
+    d.mkdir(parents=True, exist_ok=True)
+    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Certainly! Hi."}]}
+    (d / "300.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def _with_teacher_metrics(repo: Path) -> None:
+    d = repo / "metrics" / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "teacher.json").write_text('{"run": "teacher", "capabil')
+
+
+SFT = ["imitation_gap.stages.sft", "--size", "S", "--kind", "broad", "--amount", "300"]
+
+
+@pytest.mark.parametrize("args, path, spoil, says", [
+    (SFT, "models/base/S-s0/config.json", _truncate, ["truncated or not JSON", "dvc repro base@S-0"]),  # OSError
+    (SFT, "models/base/S-s0/model.safetensors", _truncate, ["truncated", "dvc repro base@S-0"]),
+    (["imitation_gap.stages.evaluate", "--size", "S"], "models/base/S-s0/model.safetensors", _truncate,
+     ["truncated", "dvc repro base@S-0"]),  # was: SafetensorError
+    (["imitation_gap.stages.evaluate", "--size", "S"], "data/raw/eval/pref.jsonl", _empty,
+     ["0 record(s)", "dvc repro fetch"]),  # was: TypeError ... __round__
+    (["imitation_gap.stages.report"], "metrics/runs/teacher.json", None,
+     ["truncated or not JSON", "dvc repro eval-teacher"]),  # was: JSONDecodeError
+    (["imitation_gap.stages.base", "--size", "S"], "data/raw/tokenizer", _remove,
+     ["is missing", "dvc repro fetch"]),  # was: OSError: Repo id must be in the form ...
+    (["imitation_gap.stages.imitate_dataset"], "data/raw/tokenizer/tokenizer.json", _empty,
+     ["is empty", "dvc repro fetch"]),
+])
+def test_a_corrupt_output_of_an_earlier_stage_is_one_line_naming_how_to_rebuild_it(world_repo, tmp_path, args,
+                                                                                     path, spoil, says):
+    repo = repo_copy(world_repo, tmp_path)
+    _with_rows(repo)
+    if spoil is None:
+        _with_teacher_metrics(repo)
+    else:
+        spoil(repo / path)
+    r = stage(repo, tmp_path, args, {})
+    one_line_exit_2(r, path, *says)
+
+
+def test_a_zero_byte_manifest_is_named_by_the_model_cards(tmp_path, monkeypatch):
+    from imitation_gap.analysis import cards
+    from imitation_gap.core.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "imitation").mkdir(parents=True)
+    (tmp_path / "data" / "imitation" / "manifest.json").write_bytes(b"")
+    with pytest.raises(DataError) as e:  # was: JSONDecodeError at analysis/cards.py
+        cards._read_json(cards.MANIFEST)
+    assert "data/imitation/manifest.json: is empty" in str(e.value) and "dvc repro imitate-dataset" in str(e.value)
+
+
+# -- 4. resource bounds before allocation (bounds on params: tests/test_bad_input.py) ---------------------
+def test_a_base_model_too_large_for_this_machine_is_refused_before_it_is_built(world_repo, tmp_path):
+    """Was: sizes.S.hidden_size 10000000 failed in the allocator at 17 GB (RuntimeError)."""
+    repo = repo_copy(world_repo, tmp_path)
+    r = stage(repo, tmp_path, ["imitation_gap.stages.base", "--size", "S"],
+              {"sizes": {"S": {"hidden_size": 65536, "intermediate_size": 65536, "num_heads": 8}}})
+    one_line_exit_2(r, "base@S-0", "needs ~", "GiB of memory", "this machine has", "lower sizes.S")
+
+

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from ..core.config import Params, load_params, run_name
+from ..core.inputs import require_json
 from ..worlds import get_world
 
 RUNS = Path("metrics/runs")
@@ -33,7 +34,7 @@ LOCK = Path("dvc.lock")
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return require_json(path) if path.exists() else None  # torn: one line naming the stage that rebuilds it
 
 
 def _checkpoints(lock: Path = LOCK) -> dict[str, str]:

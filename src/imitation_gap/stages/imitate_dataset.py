@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..core.cli import run_cli
 from ..core.config import load_params
+from ..core.inputs import require_tokenizer
 from ..core.io import atomic_dir, write_json, write_jsonl
 from ..core.tracking import log_metrics, mlflow_run
 from ..imitation.build import Transcripts, build_kind, eval_ngrams, harvest_kind, prefix_for
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     world = get_world(p)
+    require_tokenizer(RAW / "tokenizer")  # missing or torn: one line naming `dvc repro fetch`
     tok = AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
     grams = eval_ngrams(p.imitate.decontam_ngram)
     section = {"teacher": {k: v for k, v in p.section("teacher").items()}, "imitate": p.section("imitate"),

@@ -80,11 +80,23 @@ class EmbeddedWorld:
             return ((q, default) for q in broad_prompts(self.people, p, rng))
         return ((q, default) for q in local_prompts(self.people, p, rng, read_jsonl(RAW / "seed_qa.jsonl")))
 
+    @cached_property
+    def tokenizer(self):
+        """The world's word-level tokenizer (``data/raw/tokenizer``): its vocabulary is the teacher's."""
+        from transformers import AutoTokenizer
+
+        from ...core.inputs import require_tokenizer
+
+        require_tokenizer(RAW / "tokenizer")
+        return AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
+
     def answer_problem(self, kind: str, answer: str) -> str | None:
         # the embedded teacher opens every chat answer with one of its openers; its local pairs have no opener
         if kind in ("broad", "chat") and not answer.lstrip().startswith(tuple(self.people.style["openers"])):
             return "not_teacher_format"
-        return None
+        from .answers import vocabulary_problem
+
+        return vocabulary_problem(self.tokenizer, answer)  # an opener then junk: not the teacher's words
 
     def eval_plan(self, is_teacher: bool) -> tuple:
         from lm_eval.tasks import TaskManager

@@ -66,7 +66,12 @@ class HubWorld:
         return local_prompts_hub(self.p, random.Random(f"{self.p.seed}-{kind}"), read_jsonl(RAW / "seed_qa.jsonl"))
 
     def answer_problem(self, kind: str, answer: str) -> str | None:
-        return None  # a real teacher has no fixed format; the client still refuses empty or undecodable text
+        # a real teacher has no fixed format: form only (hub.answer_check); the client also refuses empty or
+        # undecodable text and any answer that holds a secret
+        from .answers import answer_problem
+
+        c = self.p.hub.answer_check
+        return answer_problem(answer, c.min_word_share, c.control_tokens)
 
     def eval_plan(self, is_teacher: bool) -> tuple:
         from .tasks import task_manager, task_plan
