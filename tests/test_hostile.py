@@ -251,3 +251,87 @@ def test_a_base_model_too_large_for_this_machine_is_refused_before_it_is_built(w
     one_line_exit_2(r, "base@S-0", "needs ~", "GiB of memory", "this machine has", "lower sizes.S")
 
 
+# -- 5. the runner's edges ------------------------------------------------------------------------
+COUNTING = '''
+import pathlib, time
+pathlib.Path("started").touch()
+with open("runs.txt", "a") as f:
+    f.write("ran\\n")
+while pathlib.Path("hold").exists():  # until the test says so: no timing
+    time.sleep(0.05)
+pathlib.Path("out.txt").write_text("done")
+'''
+RUNNER = [sys.executable, "-m", "imitation_gap.runner.parallel", "--no-warm", "-j", "1"]
+
+
+def tiny_dvc_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    (repo / "count.py").write_text(COUNTING)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {"cmd": "python count.py",
+                                                                       "deps": ["count.py"], "outs": ["out.txt"]}}}))
+    (repo / ".gitignore").write_text("started\nhold\nruns.txt\n")
+    run("git init -q -b main && git config user.email t@t && git config user.name t && dvc init -q && "
+        "git add -A && git commit -qm init", repo)
+    return repo
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120  # a guard against a hang, not a measurement
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def test_the_runner_refuses_in_one_line_while_a_plain_dvc_repro_runs(tmp_path):
+    """Was: LockError traceback from runner/parallel.py, exit 1 (or both ran the same stage)."""
+    repo = tiny_dvc_repo(tmp_path)
+    (repo / "hold").touch()
+    plain = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        wait_for(repo / "started", plain)
+        r = run(RUNNER, repo, check=False)
+    finally:
+        (repo / "hold").unlink()
+        plain.communicate(timeout=300)
+    one_line_exit_2(r, "another DVC command is running in this repository", "dvc repro")
+    assert plain.returncode == 0 and (repo / "runs.txt").read_text() == "ran\n"  # the stage ran once, by dvc
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.8])
+def test_a_torn_dvc_lock_is_one_line_with_the_recovery_and_the_recovery_works(tmp_path, keep):
+    """Was: YAMLValidationError traceback (runner/parallel.py), exit 1; a lock cut inside an entry that still
+    parses ran the stage again."""
+    repo = tiny_dvc_repo(tmp_path)
+    run(RUNNER, repo)
+    assert (repo / "runs.txt").read_text() == "ran\n"
+    whole = (repo / "dvc.lock").read_bytes()
+    (repo / "dvc.lock").write_bytes(whole[:int(len(whole) * keep)])  # what an interrupted plain `dvc repro` leaves
+    r = run(RUNNER, repo, check=False)
+    line = one_line_exit_2(r, "dvc.lock is", "git checkout dvc.lock", "rm dvc.lock")
+    assert ("empty (0 bytes)" if not keep else "torn") in line
+    (repo / "dvc.lock").unlink()  # the recovery the line names (this lock was never committed)
+    run(RUNNER, repo)
+    assert (repo / "runs.txt").read_text() == "ran\n"  # restored from DVC's run cache, not run again
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+@pytest.mark.parametrize("when", ["importing", "planning", "running"])
+def test_ctrl_c_at_any_moment_stops_the_runner_with_exit_130_and_no_traceback(tmp_path, when):
+    """Was: a KeyboardInterrupt traceback during an import (runner/resources.py) in the runner's first seconds."""
+    repo = tiny_dvc_repo(tmp_path)
+    (repo / "hold").touch()
+    proc = subprocess.Popen(RUNNER, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if when == "running":
+        wait_for(repo / "started", proc)
+    else:  # the moment is not asserted: only that whatever it interrupts ends the same way
+        time.sleep({"importing": 0.4, "planning": 1.5}[when])
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        (repo / "hold").unlink(missing_ok=True)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+
+
