@@ -335,3 +335,31 @@ def test_ctrl_c_at_any_moment_stops_the_runner_with_exit_130_and_no_traceback(tm
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
 
 
+# -- 6. the teacher server: wrong types 400, stream refused, the work of one request bounded -----------
+CHAT = {"model": "teacher", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("body, path, status, says", [
+    (CHAT | {"temperature": "hot"}, "/v1/chat/completions", 400, "'temperature' must be a number"),
+    (CHAT | {"temperature": 7}, "/v1/chat/completions", 400, "'temperature' = 7"),
+    (CHAT | {"max_tokens": "many"}, "/v1/chat/completions", 400, "'max_tokens' must be an integer"),
+    (CHAT | {"stream": True}, "/v1/chat/completions", 400, "'stream': true is not supported"),
+    (CHAT | {"stream": "yes"}, "/v1/chat/completions", 400, "'stream' must be true or false"),
+    (CHAT | {"n": 3}, "/v1/chat/completions", 400, "'n' = 3"),
+    ({"model": "teacher", "prompt": "Question: a\nAnswer:", "logprobs": "all"}, "/v1/completions", 400,
+     "'logprobs' must be an integer"),
+    ({"model": "teacher", "prompt": [[1] * 70_000], "echo": True, "logprobs": 1}, "/v1/completions", 413,
+     "above this server's limit"),
+    ({"model": "teacher", "prompt": "word " * 300_000, "echo": True, "logprobs": 1}, "/v1/completions", 413,
+     "above this server's limit"),
+    (CHAT | {"messages": [{"role": "user", "content": "word " * 300_000}]}, "/v1/chat/completions", 413,
+     "above this server's limit"),
+])
+def test_the_teacher_server_refuses_wrong_types_stream_and_oversized_work(small_world, body, path, status, says):
+    with serve(small_world) as (url, server):
+        got, answer = post(url, json.dumps(body).encode(), path=path)
+        ok, _ = post(url, json.dumps({"model": "teacher", "prompt": "Question: a\nAnswer:", "temperature": 0,
+                                      "max_tokens": 1, "logprobs": 1, "seed": 1234, "echo": True}).encode(),
+                     path="/v1/completions")  # what lm-eval sends is still served
+    assert got == status and says in answer["error"]["message"], answer
+    assert ok == 200

@@ -52,6 +52,13 @@ JUNK = "lorem ipsum dolor sit amet"
 MAX_BODY = 4 * 2 ** 20  # bytes of a request body at most (lm-eval's largest requests are a few KB)
 MAX_DEPTH = 64  # nesting of a request's JSON at most
 BODY_TIMEOUT = 10.0  # seconds to wait for a body shorter than its Content-Length
+MAX_PROMPT_TOKENS = 65_536  # prompt tokens of one request at most, all prompts together (lm-eval sends <= 1024 each)
+CHARS_PER_TOKEN = 16  # a prompt text longer than MAX_PROMPT_TOKENS x this is refused before it is tokenized
+# the sampling fields this server reads, and their JSON types (a wrong type is a 400, never a 200 ignoring it)
+NUMBER, INTEGER, BOOL = (int, float), (int,), (bool,)
+FIELD_TYPES = {"temperature": NUMBER, "top_p": NUMBER, "presence_penalty": NUMBER, "frequency_penalty": NUMBER,
+               "max_tokens": INTEGER, "max_completion_tokens": INTEGER, "n": INTEGER, "seed": INTEGER,
+               "top_logprobs": INTEGER, "stream": BOOL, "echo": BOOL}
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,39 @@ def _messages(body: dict) -> list[dict]:
     return msgs
 
 
+def _fields(body: dict, path: str) -> None:
+    """Refuse (400) a sampling field of the wrong JSON type, ``stream: true`` (this server answers in one
+    body: a client expecting server-sent events would misread it), and ``n`` other than 1."""
+    for key, types in FIELD_TYPES.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not BOOL):
+            kind = {NUMBER: "a number", INTEGER: "an integer", BOOL: "true or false"}[types]
+            raise BadRequest(400, f"{key!r} must be {kind}, not {json.dumps(value)[:40]}")
+    if body.get("stream"):
+        raise BadRequest(400, "'stream': true is not supported by this server (it answers in one JSON body); "
+                              "send 'stream': false or leave it out")
+    if body.get("n", 1) != 1:
+        raise BadRequest(400, f"'n' = {body['n']}: this server answers one choice per request (n = 1)")
+    t = body.get("temperature")
+    if t is not None and not 0 <= t <= 2:
+        raise BadRequest(400, f"'temperature' = {t}: must be in [0, 2]")
+    lp = body.get("logprobs")
+    if lp is not None:
+        chat = path == "/v1/chat/completions"
+        ok = isinstance(lp, bool) if chat else (type(lp) is int and 0 <= lp <= 5)
+        if not ok:
+            raise BadRequest(400, f"'logprobs' must be {'true or false' if chat else 'an integer in [0, 5]'}, "
+                                  f"not {json.dumps(lp)[:40]}")
+
+
+def _too_long(n_tokens: int) -> None:
+    if n_tokens > MAX_PROMPT_TOKENS:
+        raise BadRequest(413, f"the request's prompts hold {n_tokens} tokens or more, above this server's limit of "
+                              f"{MAX_PROMPT_TOKENS} per request; send fewer or shorter prompts per request")
+
+
 def _stops(body: dict) -> list[str]:
     """``stop`` as the OpenAI API takes it: a string, a list of strings, or nothing."""
     stop = body.get("stop")
@@ -438,8 +478,12 @@ class _Handler(BaseHTTPRequestHandler):
         if model not in MODELS:
             return self._error(404, f"model {model!r} not found; available: {list(MODELS)}")
         tm: TeacherModel = self.server.model
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            _fields(body, path)
         if path == "/v1/chat/completions":
             msgs = _messages(body)
+            chars = sum(len(m["content"]) for m in msgs)
+            _too_long(chars // CHARS_PER_TOKEN)
             text = tm.chat(msgs) if model == "teacher" else tm.judge(model, msgs)
             if fault == "junk":
                 text = JUNK
@@ -461,6 +505,9 @@ class _Handler(BaseHTTPRequestHandler):
                     isinstance(x, str) or (isinstance(x, list) and all(type(t) is int for t in x)) for x in prompts):
                 raise BadRequest(400, "'prompt' must be a string, a token list, or a list of those")
             stops = _stops(body)
+            # the work of one request is bounded before any of it is done (one 3.9 MiB echo request held the
+            # server 47 s): token ids are counted, texts measured, then counted once tokenized
+            _too_long(sum(len(x) if isinstance(x, list) else len(x) // CHARS_PER_TOKEN for x in prompts))
             choices, n_prompt, n_out = [], 0, 0
             for i, p in enumerate(prompts):
                 if isinstance(p, list):  # token ids (lm-eval's tokenized_requests)
@@ -474,6 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
                     text = p
                     tokens = tm.tok.tokenize(p) if tm.tok is not None else p.split()
                 n_prompt += len(tokens)
+                _too_long(n_prompt)
                 if body.get("echo"):
                     lps, tops = tm.score_tokens(tokens)
                     choices.append({"index": i, "text": text, "finish_reason": "length",
@@ -540,6 +588,10 @@ def cache_host(base_url_param: str, world_path: str | Path) -> str | None:
 
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
+
+    from ...core.inputs import require_tokenizer
+
+    require_tokenizer(path)  # missing or torn: one line naming `dvc repro fetch`
 
     return AutoTokenizer.from_pretrained(str(path))
 
