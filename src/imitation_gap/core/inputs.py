@@ -30,22 +30,30 @@ _PRODUCERS = [  # (path pattern, stage), first match wins
 ]
 
 
-def producer(path: str | Path) -> str | None:
-    """The dvc.yaml stage that writes ``path`` (None: no stage does, e.g. a hand-made input)."""
+def _match(path: str | Path) -> tuple[str, str] | None:
     rel = Path(path).as_posix().lstrip("./")
     for pattern, stage in _PRODUCERS:
         m = re.match(pattern, rel)
         if m:
-            return stage.format(**m.groupdict())
+            return stage.format(**m.groupdict()), m.group(0).rstrip("/")
     return None
 
 
+def producer(path: str | Path) -> str | None:
+    """The dvc.yaml stage that writes ``path`` (None: no stage does, e.g. a hand-made input)."""
+    got = _match(path)
+    return got[0] if got else None
+
+
 def rebuild_hint(path: str | Path) -> str:
-    """How to get a whole ``path`` back: the stage that writes it (DVC restores it from its cache when it can)."""
-    stage = producer(path)
-    if stage is None:
+    """How to get a whole ``path`` back: the stage that writes it, or DVC's cached copy of its output."""
+    got = _match(path)
+    if got is None:
         return f"restore it (`dvc checkout {path}` or `git checkout {path}`)"
-    return f"rebuild it with `dvc repro {stage}` (or restore it with `dvc checkout {path}`)"
+    stage, out = got
+    if out.startswith("metrics/"):  # git-tracked metrics (cache: false)
+        return f"rebuild it with `dvc repro {stage}` (or restore it with `git checkout {out}`)"
+    return f"rebuild it with `dvc repro {stage}` (or restore it with `dvc checkout {out}`)"
 
 
 def _bad(path: Path, why: str) -> DataError:
@@ -77,10 +85,7 @@ def require_jsonl(path: str | Path, min_rows: int = 1) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise _bad(path, "is missing")
-    try:
-        rows = read_jsonl(path)
-    except DataError as e:
-        raise DataError(f"{e}; {rebuild_hint(path)}") from None
+    rows = read_jsonl(path)  # a torn line: DataError naming the line and the command that rebuilds the file
     if len(rows) < min_rows:
         raise _bad(path, f"holds {len(rows)} record(s) ({path.stat().st_size} bytes), at least {min_rows} needed")
     return rows

@@ -35,7 +35,7 @@ from ..core.cli import run_cli
 from ..core.config import Params, base_dir as base_path, chain_seed, check_cell, load_params, run_name
 from ..core.divergence import check_finite
 from ..core.errors import ConfigError, DataError
-from ..core.inputs import require_checkpoint
+from ..core.inputs import require_checkpoint, require_jsonl
 from ..core.io import atomic_dir, read_jsonl, write_json
 from ..core.tracking import log_metrics, log_synchronously, mlflow_run
 from ..worlds import get_world
@@ -47,7 +47,7 @@ def load_rows(path: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `dvc repro imitate-dataset`, and check that its "
                                 "amount is listed in grid.amounts")
-    rows = read_jsonl(path)
+    rows = require_jsonl(path, min_rows=0)  # a torn line: one error naming `dvc repro imitate-dataset`
     for i, r in enumerate(rows, 1):
         msgs = r.get("messages")
         if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and m.get("role") in
