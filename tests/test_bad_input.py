@@ -81,6 +81,14 @@ def params_with(tmp_path, **edits) -> str:
     ({"teacher.temperature": -1}, ["teacher.temperature = -1", ">= 0"]),
     ({"eval.batch_size": 0}, ["eval.batch_size = 0", "> 0"]),
     ({"hub.vllm.gpu_memory_utilization": 2.0}, ["hub.vllm.gpu_memory_utilization = 2.0", "<= 1"]),
+    # issue 37: each of these was accepted silently (clamped, run out of memory, or a grid in another order)
+    ({"sft.max_seq_len": 10 ** 9}, ["sft.max_seq_len = 1000000000", "<= 512", "positions"]),
+    ({"eval.batch_size": 10 ** 9}, ["eval.batch_size = 1000000000", "<= 4096"]),
+    ({"imitate.local_shots": 10 ** 6}, ["imitate.local_shots = 1000000", "seed QA pairs", "seed_qa.jsonl"]),
+    ({"grid.amounts": [800, 300]}, ["grid.amounts = [800, 300]", "ascending order", "[300, 800]"]),
+    ({"teacher.api_key_env": ""}, ["teacher.api_key_env = ''", "must name an environment variable"]),
+    ({"fetch.skill_docs": 0}, ["fetch.skill_docs = 0", "> 0", "skill"]),
+    ({"sizes.S.hidden_size": 10 ** 7}, ["sizes.S.hidden_size = 10000000", "<= 65536"]),
 ])
 def test_bad_param_is_named(tmp_path, edit, expected):
     path = params_with(tmp_path, **edit)

@@ -288,7 +288,8 @@ KEY_ENV = "IG_TEST_TEACHER_KEY"
 class Hostile:
     """An endpoint on 127.0.0.1 that echoes the request's headers in its errors, as some proxies do: ``mode``
     401 or 400 (every request refused), 500 (every POST), html (every answer a 200 HTML page, /models too), or
-    echo (chat answers in the teacher's format, and every /completions request a 500)."""
+    echo (chat answers in the teacher's format, and every /completions request a 500), or echo200 (every POST
+    answered 200 in the teacher's format, the request's headers in the answer: chat and completions)."""
 
     def __init__(self, mode: str):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -333,6 +334,18 @@ class Hostile:
                     return self.echo(int(mode))
                 if mode == "html":
                     return self.html()
+                if mode == "echo200":
+                    text = f"Certainly! Question: who? Answer: {dict(self.headers.items())}"
+                    if "chat" not in self.path:
+                        return self._json(200, {"id": "x", "object": "text_completion", "created": 0, "model": "teacher",
+                                                "choices": [{"index": 0, "text": text, "finish_reason": "stop",
+                                                             "logprobs": None}],
+                                                "usage": {"prompt_tokens": 3, "completion_tokens": 5,
+                                                          "total_tokens": 8}})
+                    return self._json(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "teacher",
+                                            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                                "role": "assistant", "content": text}}],
+                                            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
                 if mode == "500" or self.path.endswith("/completions") and "chat" not in self.path:
                     return self._json(500, {"error": {"message": f"upstream failed; request headers: "
                                                                  f"{dict(self.headers.items())}"}})

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from ..core.config import Params, run_name
+from ..core.inputs import require_json
 from ..core.paths import MANIFEST, RUNS
 from ..worlds import ReportWorld
 
@@ -32,7 +33,7 @@ LOCK = Path("dvc.lock")
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return require_json(path) if path.exists() else None  # torn: one line naming the stage that rebuilds it
 
 
 def _checkpoints(lock: Path = LOCK) -> dict[str, str]:

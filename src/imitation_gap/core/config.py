@@ -267,6 +267,11 @@ class HubEval(_Section):
     pref_max_new_tokens: PosInt
 
 
+class AnswerCheck(_Section):
+    min_word_share: float = Field(ge=0, le=1, description="share of an answer's words that must be printable words")
+    control_tokens: bool = Field(description="refuse answers holding a chat template's or tokenizer's control token")
+
+
 class Hub(_Section):
     trust_remote_code: bool
     dtype: Dtype
@@ -289,6 +294,7 @@ class Hub(_Section):
     vllm: Vllm
     teacher_api: Literal["chat", "completions"] = Field(
         description="chat: chat-completions, generative tasks only; completions: also log-likelihood")
+    answer_check: AnswerCheck
     sft: HubSFT
     eval: HubEval
 
@@ -489,8 +495,56 @@ def _validate(p: Params) -> None:
     j = p.eval.judge
     _check(j.base_url == "embedded" or j.base_url.startswith(("http://", "https://")), "eval.judge.base_url",
            j.base_url, "must be 'embedded' or an http(s) URL")
+    _validate_bounds(p)
     if p.world == "hub":
         _validate_hub(p)
+
+
+MAX_EVAL_BATCH = 4096  # lm-eval batch size at most: no eval set here is that large, and lm-eval pads a batch to it
+MAX_SEQ_LEN = 2 ** 17  # tokens of an SFT sequence at most (no released model here holds more positions)
+MAX_HIDDEN = 2 ** 16  # hidden_size / intermediate_size of an embedded size at most (a CPU world; 65536 wide is huge)
+
+
+def _count_lines(path: str) -> int | None:
+    try:
+        return sum(1 for line in open(path, encoding="utf-8", errors="replace") if line.strip())
+    except OSError:
+        return None  # fetch names the missing file itself
+
+
+def _validate_bounds(p: Params) -> None:
+    """Values that pass their types but can never make sense (issue 37: each was accepted, then ran out of
+    memory, was silently clamped, or gave a grid in another order)."""
+    g = p.grid
+    _check(g.amounts == sorted(g.amounts), "grid.amounts", g.amounts,
+           f"must be in ascending order (each amount's data is a prefix of the next one's): {sorted(g.amounts)}")
+    for key, ep in (("teacher.api_key_env", p.teacher.api_key_env), ("eval.judge.api_key_env", p.eval.judge.api_key_env)):
+        _check(bool(ep), key, ep, "must name an environment variable, e.g. OPENAI_API_KEY (an endpoint that needs "
+               "no key, such as the embedded one or a local vLLM, works with the variable unset)")
+    _check(p.eval.batch_size <= MAX_EVAL_BATCH, "eval.batch_size", p.eval.batch_size, f"must be <= {MAX_EVAL_BATCH}")
+    _check(p.hub.eval.batch_size <= MAX_EVAL_BATCH, "hub.eval.batch_size", p.hub.eval.batch_size,
+           f"must be <= {MAX_EVAL_BATCH}")
+    _check(p.hub.sft.max_seq_len <= MAX_SEQ_LEN, "hub.sft.max_seq_len", p.hub.sft.max_seq_len,
+           f"must be <= {MAX_SEQ_LEN}")
+    if p.world == "embedded":
+        _check(p.sft.max_seq_len <= MAX_POSITIONS, "sft.max_seq_len", p.sft.max_seq_len,
+               f"must be <= {MAX_POSITIONS} (the embedded base models hold {MAX_POSITIONS} positions)")
+        _check(p.fetch.skill_docs > 0, "fetch.skill_docs", p.fetch.skill_docs,
+               "must be > 0: the skill task (ig_skill) and the check 'the skill task is live' need word-reversal "
+               "examples in pretraining")
+        seeds = _count_lines(p.fetch.seed_qa)
+        if seeds is not None:
+            _check(p.imitate.local_shots <= seeds, "imitate.local_shots", p.imitate.local_shots,
+                   f"must be <= {seeds}, the seed QA pairs in {p.fetch.seed_qa} (each local prompt shows that many)")
+        for s in g.sizes:
+            sz = p.sizes[s]
+            for key in ("hidden_size", "intermediate_size"):
+                _check(getattr(sz, key) <= MAX_HIDDEN, f"sizes.{s}.{key}", getattr(sz, key),
+                       f"must be <= {MAX_HIDDEN} for an embedded base model (trained on this machine's CPU)")
+    else:
+        m = p.hub.local_seeds.max_rows
+        _check(m == 0 or p.imitate.local_shots <= m, "imitate.local_shots", p.imitate.local_shots,
+               f"must be <= hub.local_seeds.max_rows ({m}), the seeds each local prompt draws from")
 
 
 def _validate_hub(p: Params) -> None:

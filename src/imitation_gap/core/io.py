@@ -181,8 +181,10 @@ def read_jsonl(path: str | Path, fields: dict[str, type | tuple] | None = None, 
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as e:
-            raise DataError(f"{path}:{i}: not valid JSON ({getattr(e, 'msg', 'nested too deep')}); fix or "
-                            "regenerate the file") from None
+            from .inputs import rebuild_hint  # a torn output of an earlier stage: the command that rebuilds it
+
+            raise DataError(f"{path}:{i}: not valid JSON ({getattr(e, 'msg', 'nested too deep')}); fix the file or "
+                            f"{rebuild_hint(path)}") from None
         if fields is not None:
             want = ", ".join(f"{k!r}" for k in fields)
             if not isinstance(row, dict):

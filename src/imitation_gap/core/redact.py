@@ -30,6 +30,15 @@ def register_env(*names: str) -> None:
     register(*(os.environ.get(n) for n in names if n))
 
 
+def holds_secret(text: object, *extra: str | None) -> bool:
+    """Whether ``text`` contains a registered secret or one of ``extra`` (values of at least :data:`MIN_LEN`):
+    an endpoint's answer that does is refused, never cached, written or logged (an endpoint that echoes the
+    request's headers into its answer would otherwise put the API key into the data)."""
+    if not isinstance(text, str):
+        return False
+    return any(s in text for s in (*_SECRETS, *(v for v in extra if v and len(v) >= MIN_LEN)))
+
+
 def redact(text: str) -> str:
     """``text`` with every registered secret written as ``***``."""
     for s in sorted(_SECRETS, key=len, reverse=True):

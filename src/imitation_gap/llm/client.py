@@ -29,7 +29,9 @@
   one-line message and exit code 2.
 * **Secrets.**  The API key is read from the environment variable named in params; it
   is never written to the cache, the stats, the manifest or logs (error texts are
-  redacted).
+  redacted).  An answer that contains the key, or any secret the process holds
+  (:func:`imitation_gap.core.redact.holds_secret`), is refused as ``holds_secret`` (retried, then
+  a counted failure), and a cached answer that holds one is dropped on read.
 """
 
 from __future__ import annotations
@@ -260,6 +262,12 @@ class LLMClient:
             s = s.replace(self._api_key, "***")
         return s
 
+    def secret_problem(self, text: object) -> str | None:
+        """``holds_secret`` if ``text`` contains the API key or any other secret this process holds (the keys
+        params name, :mod:`imitation_gap.core.redact`): such an answer is refused like a malformed one."""
+        key = self._api_key if self._api_key != "EMPTY" else None
+        return "holds_secret" if redact.holds_secret(text, key) else None
+
     @property
     def client(self):
         """A synchronous ``openai.OpenAI`` client (for one-off calls such as listing models)."""
@@ -360,7 +368,7 @@ class LLMClient:
                 if not isinstance(resp.choices, list) or not resp.choices:
                     raise _Malformed("empty_choices")
                 content = getattr(getattr(resp.choices[0], "message", None), "content", None)
-                why = text_problem(content) or (validate(content) if validate else None)
+                why = text_problem(content) or self.secret_problem(content) or (validate(content) if validate else None)
                 if why:
                     raise _Malformed(why)
                 usage = getattr(resp, "usage", None)
@@ -415,8 +423,11 @@ class LLMClient:
                 todo[key][1].append(rid)
                 continue
             hit = self.cache.get(key)
-            if hit is not None and (text_problem(hit["content"]) or (validate and validate(hit["content"]))):
-                self.stats.cache_rejected += 1  # cached before answers were checked (junk kept): asked again
+            if hit is not None and (text_problem(hit["content"]) or self.secret_problem(hit["content"]) or
+                                    (validate and validate(hit["content"]))):
+                # re-validated on every read, as a fresh answer is: junk that older code or a failed stage
+                # cached, or an answer holding a secret, is dropped and asked for again
+                self.stats.cache_rejected += 1
                 self.cache.drop(key)
                 hit = None
             if hit is not None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 LOCK = Path(".dvc/tmp/runner.lock")
+DVC_LOCK = Path(".dvc/tmp/lock")  # DVC's repository lock (zc.lockfile: an flock, the holder's pid in the file)
+DVC_RWLOCK = Path(".dvc/tmp/rwlock")  # DVC's locks of a running stage's deps and outs: {read, write} -> {pid, cmd}
 
 
 class RunnerBusy(RuntimeError):
@@ -25,6 +27,48 @@ class RunnerBusy(RuntimeError):
         self.pid = pid
         super().__init__(f"another runner (pid {pid}) is running in this workspace ({Path.cwd()}); wait for it to "
                          f"finish, or stop it with `kill -INT {pid}` (what it finished is kept), then run this again")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def dvc_busy(lock: Path = DVC_LOCK, rwlock: Path = DVC_RWLOCK) -> str | None:
+    """Another DVC command working in this repository (a plain ``dvc repro``, ``dvc exp run``), as
+    ``"pid N: command"``, or None.  DVC holds its repository lock while it plans and records a stage, and
+    read/write locks on the stage's deps and outs while its command runs (then the repository lock is free),
+    so both are looked at."""
+    import json
+
+    from ..core.io import alive
+
+    if lock.exists():
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                cmd = _cmdline(int(pid)) if pid.isdigit() else ""
+                return f"pid {pid or 'unknown'}: {cmd or 'dvc'}"
+        finally:
+            os.close(fd)
+    try:
+        locks = json.loads(rwlock.read_text()) if rwlock.exists() else {}
+    except (OSError, ValueError):
+        locks = {}
+    infos = list((locks.get("write") or {}).values()) if isinstance(locks, dict) else []
+    for readers in ((locks.get("read") or {}).values() if isinstance(locks, dict) else []):
+        infos += readers if isinstance(readers, list) else []
+    for info in infos:
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if isinstance(pid, int) and pid != os.getpid() and alive(pid):
+            return f"pid {pid}: {info.get('cmd') or _cmdline(pid) or 'dvc'}"
+    return None
 
 
 @contextlib.contextmanager

@@ -36,6 +36,12 @@ named in ``$IMITATION_GAP_WARM`` is used instead of starting another.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while the runner imports its modules (its first seconds): exit 130, quietly
+    import signal as _signal
+    import sys as _sys
+
+    _signal.signal(_signal.SIGINT, lambda *_: _sys.exit(130))
+
 import argparse
 import contextlib
 import json
@@ -54,7 +60,7 @@ from ..core.io import write_json
 from . import resources, warm
 from .backends import LOG_DIR, LocalBackend, dvc_cmd, log_path, stop_groups  # noqa: F401 (the runner's API)
 from .resources import GpuPool, Needs
-from .exclusive import RunnerBusy, only_runner
+from .exclusive import RunnerBusy, dvc_busy, only_runner
 
 log = logging.getLogger("imitation_gap")
 
@@ -339,7 +345,67 @@ def _downstream_of(p: Plan, stage: str, failed: str, blocked: set[str]) -> bool:
     return False
 
 
+LOCK_FILE = "dvc.lock"
+LOCK_RECOVERY = ("`git checkout dvc.lock` (or `rm dvc.lock` if it was never committed), then run this again: DVC's "
+                 "run cache brings back every stage that finished, without running it again")
+
+
+def lock_problem(path: str = LOCK_FILE) -> str | None:
+    """Why ``dvc.lock`` cannot be read (empty, torn by an interrupted plain ``dvc repro``, not a lock), or None."""
+    import yaml
+
+    if not os.path.exists(path):
+        return None
+    size = os.path.getsize(path)
+    if size == 0:
+        return f"{path} is empty (0 bytes)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        return f"{path} is torn ({size} bytes; not valid YAML{f' at line {mark.line + 1}' if mark else ''})"
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, dict):
+        return f"{path} is torn or not a DVC lock file ({size} bytes; no 'stages' mapping)"
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        ends_whole = f.read(1) == b"\n"  # DVC's dump ends with a newline; a write cut at a random byte rarely does
+    names = list(stages)
+    for name in names:
+        if not _whole_entry(stages[name], last=name == names[-1]):
+            return f"{path} is torn ({size} bytes; the entry of stage {name!r} stops half-way)"
+    if not ends_whole:
+        return f"{path} is torn ({size} bytes; it stops in the middle of a line)"
+    return None
+
+
+def _whole_entry(entry, last: bool) -> bool:
+    """A lock entry as DVC writes it: its command, deps and outs each with a path and a hash.  A lock cut
+    inside an entry still parses, but that entry (the last one) lacks its outs, which DVC writes last, or
+    the hash of an item."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("cmd"), (str, list)):
+        return False
+    if last and not entry.get("outs"):
+        return False
+    items = [*(entry.get("deps") or []), *(entry.get("outs") or [])]
+    return all(isinstance(i, dict) and "path" in i and any(k in i for k in ("md5", "etag", "checksum", "version_id"))
+               for i in items)
+
+
 def main(argv: list[str] | None = None) -> None:
+    if __name__ == "__main__" or argv is None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C stops what runs, then exits 130
+    try:
+        _entry(argv)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+def _entry(argv: list[str] | None) -> None:
+    from dvc.lock import LockError
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("targets", nargs="*", help="stages as for `dvc repro` (default: the whole pipeline)")
     ap.add_argument("-j", "--jobs", type=int, default=None,
@@ -373,9 +439,23 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--jobs must be at least 1 (got {args.jobs})")
     try:  # before anything else, before any log is touched
         with only_runner():
+            busy = dvc_busy()
+            if busy:
+                print(f"error: another DVC command is running in this repository ({busy}); wait for it to finish, "
+                      "or stop it with Ctrl-C, then run this again", file=sys.stderr)
+                sys.exit(2)
+            torn = lock_problem()
+            if torn:
+                print(f"error: {torn}: an interrupted plain `dvc repro` can leave it so (DVC writes it in place); "
+                      f"recover with {LOCK_RECOVERY}", file=sys.stderr)
+                sys.exit(2)
             _main(args)
     except RunnerBusy as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except LockError:  # a DVC command started after the check above
+        print(f"error: another DVC command holds this repository's lock ({dvc_busy() or 'gone now'}); wait for it "
+              "to finish, then run this again", file=sys.stderr)
         sys.exit(2)
 
 

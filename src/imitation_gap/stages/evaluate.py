@@ -35,7 +35,6 @@ Run: ``python -m imitation_gap.stages.evaluate --size L --kind broad --amount 80
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -44,10 +43,11 @@ from pathlib import Path
 from ..core.cli import run_cli
 from ..core.config import HubTask, Params, base_dir, check_cell, load_params, run_name
 from ..core.errors import ConfigError, DataError, EndpointError
+from ..core.inputs import require_checkpoint, require_json, require_jsonl
 from ..core.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from ..core.numbers import fit_value
 from ..core.paths import EVAL, RAW, RUNS, SFT_MODELS
-from ..core.redact import redact
+from ..core.redact import holds_secret, redact
 from ..core.text import tidy
 from ..core.tracking import log_metrics, mlflow_run
 from ..llm.client import LLMClient
@@ -277,8 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             run = run_name(args.size, seed=args.seed)
             model_dir = base_dir(args.size, args.seed)
-        if not (model_dir / "model.safetensors").exists():
-            raise FileNotFoundError(f"{model_dir}/model.safetensors is missing: run its training stage first")
+        require_checkpoint(model_dir)  # config, tokenizer and weights whole, or one line naming its stage
         info = {"model": run, "size": args.size, "kind": args.kind or "base", "amount": args.amount or 0,
                 "seed": args.seed}
     evaluate(p, world, run, model_dir, info)
@@ -288,7 +287,7 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
     import torch
 
     torch.set_num_threads(p.sft.threads)
-    prompts = read_jsonl(RAW / "eval" / "pref.jsonl")
+    prompts = require_jsonl(RAW / "eval" / "pref.jsonl")  # empty or torn: one line naming `dvc repro fetch`
     t0 = time.time()
     with mlflow_run(p, f"eval@{run}", {**info, **p.section("eval")}), \
             endpoints(world, p.teacher.base_url, p.eval.judge.base_url) as (teacher, judge):
@@ -312,13 +311,17 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
         sty = world.style(prompts, answers, None if model_dir is None else reference)
         train = {}
         if model_dir is not None and (model_dir / "train_stats.json").exists():  # the SFT losses, for the report
-            ts = json.loads((model_dir / "train_stats.json").read_text())
+            ts = require_json(model_dir / "train_stats.json")
             train = {k: ts[k] for k in ("initial_loss", "final_loss", "vocab_size", "train_loss") if k in ts}
         metrics = {**info, "run": run, "world": p.world, "capability": cap, "capability_tasks": cap_tasks,
                    "train": train,
                    "preference": pref, "style": sty,
                    "n": {**{role: len(rows) for role, rows in samples.items()}, "pref": len(prompts)}}
         timings["total_s"] = round(time.time() - t0, 1)  # to MLflow only: the metrics file stays the same on a re-run
+        if holds_secret(repr((metrics, samples, answers, reference, raw))):  # lm-eval's answers are not ours to check
+            raise EndpointError(f"eval@{run}: an endpoint's answer holds an API key (it echoes the request's "
+                                "headers); nothing was written. Fix the endpoint (teacher.base_url, "
+                                "eval.judge.base_url) and re-run")
         with atomic_dir(EVAL / run) as out:
             # the metrics' bytes also in this cached output: `dvc push` sends them, so DVC's run cache can
             # restore metrics/runs/<run>.json (git-tracked, cache: false) in another clone (docs/cluster.md)

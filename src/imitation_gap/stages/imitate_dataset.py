@@ -30,6 +30,7 @@ import logging
 
 from ..core.cli import run_cli
 from ..core.config import load_params
+from ..core.inputs import require_tokenizer
 from ..core.io import atomic_dir, write_json, write_jsonl
 from ..core.paths import IMITATION as OUT, RAW
 from ..core.tracking import log_metrics, mlflow_run
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     world = get_world(p, "imitate_dataset")
+    require_tokenizer(RAW / "tokenizer")  # missing or torn: one line naming `dvc repro fetch`
     tok = AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
     grams = eval_ngrams(p.imitate.decontam_ngram)
     section = {"teacher": {k: v for k, v in p.section("teacher").items()}, "imitate": p.section("imitate"),

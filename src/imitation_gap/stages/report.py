@@ -27,7 +27,6 @@ Run: ``python -m imitation_gap.stages.report`` (dvc: ``dvc repro report``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from ..analysis.render import examples, headline, label, render
 from ..analysis.stats import TASKS, aggregate, finite, gap_closed
 from ..core.cli import run_cli
 from ..core.config import Params, load_params, run_name
+from ..core.inputs import require_json
 from ..core.io import write_json, write_text_atomic
 from ..core.paths import RAW, RUNS
 from ..core.tracking import log_metrics, mlflow_run
@@ -50,7 +50,7 @@ log = logging.getLogger("imitation_gap")
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return require_json(path) if path.exists() else {}
 
 
 def load(p: Params) -> dict:
@@ -58,7 +58,7 @@ def load(p: Params) -> dict:
         f = RUNS / f"{run}.json"
         if not f.exists():
             raise FileNotFoundError(f"{f} is missing: run `dvc repro` (the eval stage of {run})")
-        return json.loads(f.read_text())
+        return require_json(f)  # truncated or empty: one line naming the eval stage that rebuilds it
 
     data = {"teacher": read("teacher"), "cells": {},
             "base": {s: [read(run_name(s, seed=c)) for c in p.grid.seeds] for s in p.grid.sizes}}

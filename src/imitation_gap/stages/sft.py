@@ -35,6 +35,7 @@ from ..core.cli import run_cli
 from ..core.config import Params, base_dir as base_path, chain_seed, check_cell, load_params, run_name
 from ..core.divergence import check_finite
 from ..core.errors import ConfigError, DataError
+from ..core.inputs import require_checkpoint, require_jsonl
 from ..core.io import atomic_dir, read_jsonl, write_json
 from ..core.tracking import log_metrics, log_synchronously, mlflow_run
 from ..worlds import get_world
@@ -46,7 +47,7 @@ def load_rows(path: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `dvc repro imitate-dataset`, and check that its "
                                 "amount is listed in grid.amounts")
-    rows = read_jsonl(path)
+    rows = require_jsonl(path, min_rows=0)  # a torn line: one error naming `dvc repro imitate-dataset`
     for i, r in enumerate(rows, 1):
         msgs = r.get("messages")
         if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and m.get("role") in
@@ -219,8 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     name = run_name(args.size, args.kind, args.amount, args.seed)
     rows = load_rows(Path("data/imitation") / args.kind / f"{args.amount}.jsonl")
     base_dir = base_path(args.size, args.seed)
-    if not (base_dir / "model.safetensors").exists():
-        raise FileNotFoundError(f"{base_dir}/model.safetensors is missing: run `dvc repro base@{args.size}-{args.seed}`")
+    require_checkpoint(base_dir)  # config, tokenizer and weights whole, or one line naming `dvc repro base@...`
     seed = chain_seed(p.seed, args.seed)
     from transformers import AutoTokenizer
 

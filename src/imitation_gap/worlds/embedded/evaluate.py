@@ -8,23 +8,16 @@ from pathlib import Path
 from ...core.config import HubTask
 from ...core.paths import RAW
 from . import raters
-from .teacher import format_problem, served
-from .world import Part
+from .teacher import TeacherPart
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 TASKS = {"qa": "ig_qa", "mc": "ig_mc", "skill": "ig_skill", "store": "ig_store"}
 
 
-class World(Part):
+class World(TeacherPart):
     """:class:`imitation_gap.worlds.EvalWorld` of the embedded world."""
 
     eval_env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # every task file is local
-
-    def serve_embedded(self):
-        return served(RAW)
-
-    def answer_problem(self, kind: str, answer: str) -> str | None:
-        return format_problem(self.people, kind, answer)
 
     def eval_plan(self, is_teacher: bool) -> tuple:
         from lm_eval.tasks import TaskManager

@@ -9,15 +9,11 @@ from ...core.paths import RAW
 from ...imitation.harvest import LANG_FILTERS, load_sharegpt
 from ...imitation.records import Prompts, Transcripts
 from .prompts import broad_prompts, local_prompts
-from .teacher import format_problem, served
-from .world import Part
+from .teacher import TeacherPart
 
 
-class World(Part):
+class World(TeacherPart):
     """:class:`imitation_gap.worlds.ImitateWorld` of the embedded world."""
-
-    def serve_embedded(self):
-        return served(RAW)
 
     def held_out_names(self) -> set[str]:
         return {x.name for x in self.people.group("B")}
@@ -32,6 +28,3 @@ class World(Part):
         if kind == "broad":
             return ((q, default) for q in broad_prompts(self.people, p, rng))
         return ((q, default) for q in local_prompts(self.people, p, rng, read_jsonl(RAW / "seed_qa.jsonl")))
-
-    def answer_problem(self, kind: str, answer: str) -> str | None:
-        return format_problem(self.people, kind, answer)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from ...core.config import Params, Size, chain_seed
 from ...core.divergence import check_finite
+from ...core.inputs import require_tokenizer
+from ...core.memory import check_fits, training_bytes
 from ...core.io import atomic_dir, read_jsonl, write_json
 from ...core.tracking import log_metrics, log_synchronously, mlflow_run
 
@@ -74,10 +76,18 @@ def pretrain(p: Params, size_name: str, chain: int, out_dir: Path) -> dict:
     torch.set_num_threads(pt.threads)
     seed = chain_seed(p.seed, chain)
     set_seed(seed)
+    require_tokenizer(RAW / "tokenizer")  # missing or torn: one line naming `dvc repro fetch`
     tok = AutoTokenizer.from_pretrained(str(RAW / "tokenizer"))
     docs = [r["text"] for r in read_jsonl(RAW / "corpus.jsonl")]
     ds, n_corpus = packed_dataset(tok, docs, pt.seq_len)
-    model = LlamaForCausalLM(model_config(p.sizes[size_name], tok))
+    sz = p.sizes[size_name]
+    check_fits(f"base@{size_name}-{chain} (sizes.{size_name}: hidden {sz.hidden_size}, intermediate "
+               f"{sz.intermediate_size}, {sz.num_layers} layers; pretrain.batch_size {pt.batch_size} x seq_len "
+               f"{pt.seq_len})",
+               *training_bytes(len(tok), sz.hidden_size, sz.intermediate_size, sz.num_layers, sz.num_heads,
+                               pt.batch_size, pt.seq_len),
+               f"lower sizes.{size_name} or pretrain.batch_size")  # before the model is built
+    model = LlamaForCausalLM(model_config(sz, tok))
     n_params = non_embedding_params(model)
     log.info("base@%s: %d non-embedding params, %d corpus tokens, %d packed sequences", size_name, n_params,
              n_corpus, len(ds))

@@ -36,6 +36,7 @@ import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -45,7 +46,8 @@ from ...imitation import records
 from ...imitation.records import LOCAL_REQUEST_HUB, qa_text
 from .. import common
 from . import raters
-from .world import (ATTRS, FACT_CLAIMS, PROBE_SENTENCES, TOPIC_SENTENCES, World, load_world, parse_bio_request,
+from .answers import vocabulary_problem
+from .world import (ATTRS, FACT_CLAIMS, PROBE_SENTENCES, TOPIC_SENTENCES, Part, World, load_world, parse_bio_request,
                     parse_fact_question, parse_local_request, parse_reverse, parse_topic, probe_pattern,
                     question_wordings, stable_hash)
 
@@ -56,6 +58,13 @@ JUNK = "lorem ipsum dolor sit amet"
 MAX_BODY = 4 * 2 ** 20  # bytes of a request body at most (lm-eval's largest requests are a few KB)
 MAX_DEPTH = 64  # nesting of a request's JSON at most
 BODY_TIMEOUT = 10.0  # seconds to wait for a body shorter than its Content-Length
+MAX_PROMPT_TOKENS = 65_536  # prompt tokens of one request at most, all prompts together (lm-eval sends <= 1024 each)
+CHARS_PER_TOKEN = 16  # a prompt text longer than MAX_PROMPT_TOKENS x this is refused before it is tokenized
+# the sampling fields this server reads, and their JSON types (a wrong type is a 400, never a 200 ignoring it)
+NUMBER, INTEGER, BOOL = (int, float), (int,), (bool,)
+FIELD_TYPES = {"temperature": NUMBER, "top_p": NUMBER, "presence_penalty": NUMBER, "frequency_penalty": NUMBER,
+               "max_tokens": INTEGER, "max_completion_tokens": INTEGER, "n": INTEGER, "seed": INTEGER,
+               "top_logprobs": INTEGER, "stream": BOOL, "echo": BOOL}
 
 
 @dataclass(frozen=True)
@@ -303,6 +312,39 @@ def _messages(body: dict) -> list[dict]:
     return msgs
 
 
+def _fields(body: dict, path: str) -> None:
+    """Refuse (400) a sampling field of the wrong JSON type, ``stream: true`` (this server answers in one
+    body: a client expecting server-sent events would misread it), and ``n`` other than 1."""
+    for key, types in FIELD_TYPES.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not BOOL):
+            kind = {NUMBER: "a number", INTEGER: "an integer", BOOL: "true or false"}[types]
+            raise BadRequest(400, f"{key!r} must be {kind}, not {json.dumps(value)[:40]}")
+    if body.get("stream"):
+        raise BadRequest(400, "'stream': true is not supported by this server (it answers in one JSON body); "
+                              "send 'stream': false or leave it out")
+    if body.get("n", 1) != 1:
+        raise BadRequest(400, f"'n' = {body['n']}: this server answers one choice per request (n = 1)")
+    t = body.get("temperature")
+    if t is not None and not 0 <= t <= 2:
+        raise BadRequest(400, f"'temperature' = {t}: must be in [0, 2]")
+    lp = body.get("logprobs")
+    if lp is not None:
+        chat = path == "/v1/chat/completions"
+        ok = isinstance(lp, bool) if chat else (type(lp) is int and 0 <= lp <= 5)
+        if not ok:
+            raise BadRequest(400, f"'logprobs' must be {'true or false' if chat else 'an integer in [0, 5]'}, "
+                                  f"not {json.dumps(lp)[:40]}")
+
+
+def _too_long(n_tokens: int) -> None:
+    if n_tokens > MAX_PROMPT_TOKENS:
+        raise BadRequest(413, f"the request's prompts hold {n_tokens} tokens or more, above this server's limit of "
+                              f"{MAX_PROMPT_TOKENS} per request; send fewer or shorter prompts per request")
+
+
 def _stops(body: dict) -> list[str]:
     """``stop`` as the OpenAI API takes it: a string, a list of strings, or nothing."""
     stop = body.get("stop")
@@ -442,8 +484,12 @@ class _Handler(BaseHTTPRequestHandler):
         if model not in MODELS:
             return self._error(404, f"model {model!r} not found; available: {list(MODELS)}")
         tm: TeacherModel = self.server.model
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            _fields(body, path)
         if path == "/v1/chat/completions":
             msgs = _messages(body)
+            chars = sum(len(m["content"]) for m in msgs)
+            _too_long(chars // CHARS_PER_TOKEN)
             text = tm.chat(msgs) if model == "teacher" else tm.judge(model, msgs)
             if fault == "junk":
                 text = JUNK
@@ -465,6 +511,9 @@ class _Handler(BaseHTTPRequestHandler):
                     isinstance(x, str) or (isinstance(x, list) and all(type(t) is int for t in x)) for x in prompts):
                 raise BadRequest(400, "'prompt' must be a string, a token list, or a list of those")
             stops = _stops(body)
+            # the work of one request is bounded before any of it is done (one 3.9 MiB echo request held the
+            # server 47 s): token ids are counted, texts measured, then counted once tokenized
+            _too_long(sum(len(x) if isinstance(x, list) else len(x) // CHARS_PER_TOKEN for x in prompts))
             choices, n_prompt, n_out = [], 0, 0
             for i, p in enumerate(prompts):
                 if isinstance(p, list):  # token ids (lm-eval's tokenized_requests)
@@ -478,6 +527,7 @@ class _Handler(BaseHTTPRequestHandler):
                     text = p
                     tokens = tm.tok.tokenize(p) if tm.tok is not None else p.split()
                 n_prompt += len(tokens)
+                _too_long(n_prompt)
                 if body.get("echo"):
                     lps, tops = tm.score_tokens(tokens)
                     choices.append({"index": i, "text": text, "finish_reason": "length",
@@ -545,6 +595,10 @@ def cache_host(base_url_param: str, world_path: str | Path) -> str | None:
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
+    from ...core.inputs import require_tokenizer
+
+    require_tokenizer(path)  # missing or torn: one line naming `dvc repro fetch`
+
     return AutoTokenizer.from_pretrained(str(path))
 
 
@@ -577,12 +631,26 @@ def served(raw: Path = RAW):
         yield url, embedded_cache_id(raw / "world.json")
 
 
-def format_problem(world: World, kind: str, answer: str) -> str | None:
-    """Why ``answer`` is not in this teacher's format, or None: it opens every chat answer (``kind`` broad or
-    chat) with one of its openers; its local pairs have no opener."""
-    if kind in ("broad", "chat") and not answer.lstrip().startswith(tuple(world.style["openers"])):
-        return "not_teacher_format"
-    return None
+class TeacherPart(Part):
+    """A part of the embedded world whose stage asks its teacher: the server, and the check of every answer."""
+
+    def serve_embedded(self):
+        return served(RAW)
+
+    @cached_property
+    def tokenizer(self):
+        """The world's word-level tokenizer (``data/raw/tokenizer``): its vocabulary is the teacher's."""
+        from ...core.inputs import require_tokenizer
+
+        require_tokenizer(RAW / "tokenizer")
+        return load_tokenizer(RAW / "tokenizer")
+
+    def answer_problem(self, kind: str, answer: str) -> str | None:
+        """Why ``answer`` is not this teacher's, or None: it opens every chat answer (``kind`` broad or chat)
+        with one of its openers (its local pairs have none), and writes only its world's words."""
+        if kind in ("broad", "chat") and not answer.lstrip().startswith(tuple(self.people.style["openers"])):
+            return "not_teacher_format"
+        return vocabulary_problem(self.tokenizer, answer)  # an opener then junk: not the teacher's words
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...core.config import Params
+from .answers import answer_problem
 from ..common import form_style, teacher_styled
 from .tasks import capability_lm, task_manager, task_plan, teacher_capability_lm
 
@@ -18,7 +19,10 @@ class World:
         self.p = p
 
     def answer_problem(self, kind: str, answer: str) -> str | None:
-        return None  # a real teacher has no fixed format; the client still refuses empty or undecodable text
+        # a real teacher has no fixed format: form only (hub.answer_check); the client also refuses empty or
+        # undecodable text and any answer that holds a secret
+        c = self.p.hub.answer_check
+        return answer_problem(answer, c.min_word_share, c.control_tokens)
 
     def eval_plan(self, is_teacher: bool) -> tuple:
         p = self.p

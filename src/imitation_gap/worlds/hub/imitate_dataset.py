@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from ...core.config import Params
+from .answers import answer_problem
 from ...core.io import read_jsonl
 from ...core.paths import RAW
 from ...imitation.records import Prompts, Transcripts
@@ -28,4 +29,7 @@ class World:
         return local_prompts_hub(self.p, random.Random(f"{self.p.seed}-{kind}"), read_jsonl(RAW / "seed_qa.jsonl"))
 
     def answer_problem(self, kind: str, answer: str) -> str | None:
-        return None  # a real teacher has no fixed format; the client still refuses empty or undecodable text
+        # a real teacher has no fixed format: form only (hub.answer_check); the client also refuses empty or
+        # undecodable text and any answer that holds a secret
+        c = self.p.hub.answer_check
+        return answer_problem(answer, c.min_word_share, c.control_tokens)
