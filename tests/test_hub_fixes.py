@@ -1,0 +1,75 @@
+"""The defects that the hub world showed on a real LM (issue 36), each on a stand-in small enough for `make test`:
+benchmark data checked before the teacher is paid, local pairs in a small model's variants, a retry that changes
+the seed, the teacher's length budget, seeds refused as data, sharded checkpoints, BOS and generation markers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, make_repo, run, serve
+
+LLAMA_VOCAB = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(60)] + list("abcdefghijklmnopqrstuvwxyz")
+
+
+def tokenizer_dir(d: Path, bos: bool, template: str | None = None) -> Path:
+    """A small fast tokenizer: adds <s> before every text (as Llama's does) if ``bos``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(LLAMA_VOCAB)}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        t.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>")
+    if template:
+        tok.chat_template = template
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(d))
+    return d
+
+
+def hub_params(tmp_path: Path, overrides: dict | None = None):
+    from imitation_gap.core.config import load_params
+    from imitation_gap.core.io import deep_update
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    deep_update(raw, {"world": "hub", **(overrides or {})})
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_params(f)
+
+
+# -- 8. BOS as the tokenizer says; a template without generation markers refused --------
+def test_project_template_has_bos_where_the_tokenizer_adds_one(tmp_path):
+    from imitation_gap.worlds.hub.models import load_tokenizer
+
+    p = hub_params(tmp_path)
+    chat = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c"}]
+    llama = load_tokenizer(str(tokenizer_dir(tmp_path / "llama", bos=True)), "main", p)
+    ids = llama.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    assert ids[0] == llama.bos_token_id and ids.count(llama.bos_token_id) == 1  # as TRL and lm-eval see it
+    gpt2 = load_tokenizer(str(tokenizer_dir(tmp_path / "gpt2", bos=False)), "main", p)
+    ids = gpt2.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    assert gpt2.bos_token_id not in ids  # a tokenizer that adds none gets none
+
+
+def test_model_template_without_generation_markers_is_refused_in_one_line(tmp_path):
+    from imitation_gap.core.errors import DataError
+    from imitation_gap.worlds.hub.models import load_tokenizer
+
+    p = hub_params(tmp_path, {"hub": {"chat_template": "model"}})
+    plain = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}"
+    d = tokenizer_dir(tmp_path / "tok", bos=False, template=plain)
+    with pytest.raises(DataError) as e:
+        load_tokenizer(str(d), "main", p)
+    msg = str(e.value)
+    assert "\n" not in msg and "{% generation %}" in msg and "hub.chat_template: project" in msg
+    marked = plain.replace("m['content'] + eos_token", "m['content'] + eos_token").replace(
+        "{{ m['role']", "{% generation %}{{ m['role']").replace("{% endfor %}", "{% endgeneration %}{% endfor %}")
+    assert load_tokenizer(str(tokenizer_dir(tmp_path / "ok", bos=False, template=marked)), "main", p)
