@@ -73,3 +73,34 @@ def test_model_template_without_generation_markers_is_refused_in_one_line(tmp_pa
     marked = plain.replace("m['content'] + eos_token", "m['content'] + eos_token").replace(
         "{{ m['role']", "{% generation %}{{ m['role']").replace("{% endfor %}", "{% endgeneration %}{% endfor %}")
     assert load_tokenizer(str(tokenizer_dir(tmp_path / "ok", bos=False, template=marked)), "main", p)
+
+
+# -- 7. sharded checkpoints ---------------------------------------------------------------
+def test_sft_trains_from_a_sharded_base_and_eval_accepts_shards(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    repo = make_repo(tmp_path / "repo", {"world": "hub", "grid": {"sizes": ["S"], "kinds": ["local"], "amounts": [40]}})
+    base = repo / "models/base/S-s0"
+    from imitation_gap.worlds.hub.models import PROJECT_CHAT_TEMPLATE
+
+    tokenizer_dir(base, bos=False, template=PROJECT_CHAT_TEMPLATE)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(LLAMA_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=3)).save_pretrained(
+        str(base), max_shard_size="40KB")
+    assert not (base / "model.safetensors").exists() and len(list(base.glob("model-*.safetensors"))) > 1
+    rows = [{"messages": [{"role": "user", "content": "a b c"}, {"role": "assistant", "content": f"w{i} w{i + 1}"}],
+             "n_tokens": 10, "id": f"local-{i}"} for i in range(4)]
+    (repo / "data/imitation/local").mkdir(parents=True)
+    (repo / "data/imitation/local/40.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(["python", "-m", "imitation_gap.stages.sft", "--size", "S", "--kind", "local", "--amount", "40", "--seed", "0"],
+        repo)
+    out = repo / "models/sft/S-local-40-s0"
+    assert list(out.glob("model*.safetensors")) and json.loads((out / "train_stats.json").read_text())["rows"] == 4
+    from imitation_gap.core.io import has_safetensors  # what the sft and eval stages check
+
+    assert has_safetensors(base) and has_safetensors(out)
+    sorted(base.glob("model-*.safetensors"))[0].unlink()  # a shard missing: no checkpoint
+    assert not has_safetensors(base)

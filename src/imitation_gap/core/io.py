@@ -193,3 +193,15 @@ def read_jsonl(path: str | Path, fields: dict[str, type | tuple] | None = None, 
     if len(rows) < min_rows:
         raise DataError(f"{path}: {len(rows)} record(s); it needs at least {min_rows}" + (f" ({what})" if what else ""))
     return rows
+
+
+def has_safetensors(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds a safetensors checkpoint: one ``model.safetensors``, or the shards of
+    ``model.safetensors.index.json`` (``save_pretrained`` shards a model above its ``max_shard_size``)."""
+    index = Path(model_dir) / "model.safetensors.index.json"
+    if index.exists():
+        import json
+
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        return bool(shards) and all((Path(model_dir) / s).exists() for s in shards)
+    return (Path(model_dir) / "model.safetensors").exists()

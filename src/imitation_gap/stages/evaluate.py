@@ -44,7 +44,7 @@ from pathlib import Path
 from ..core.cli import run_cli
 from ..core.config import HubTask, Params, base_dir, check_cell, load_params, run_name
 from ..core.errors import ConfigError, DataError, EndpointError
-from ..core.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from ..core.io import atomic_dir, has_safetensors, read_jsonl, write_json, write_jsonl
 from ..core.redact import redact
 from ..core.text import tidy
 from ..core.tracking import log_metrics, mlflow_run
@@ -276,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             run = run_name(args.size, seed=args.seed)
             model_dir = base_dir(args.size, args.seed)
-        if not (model_dir / "model.safetensors").exists():
-            raise FileNotFoundError(f"{model_dir}/model.safetensors is missing: run its training stage first")
+        if not has_safetensors(model_dir):
+            raise FileNotFoundError(f"{model_dir}/model.safetensors (or its shards) is missing: run its training "
+                                    "stage first")
         info = {"model": run, "size": args.size, "kind": args.kind or "base", "amount": args.amount or 0,
                 "seed": args.seed}
     evaluate(p, world, run, model_dir, info)

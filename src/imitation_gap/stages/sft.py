@@ -35,7 +35,7 @@ from ..core.cli import run_cli
 from ..core.config import Params, base_dir as base_path, chain_seed, check_cell, load_params, run_name
 from ..core.divergence import check_finite
 from ..core.errors import ConfigError, DataError
-from ..core.io import atomic_dir, read_jsonl, write_json
+from ..core.io import atomic_dir, has_safetensors, read_jsonl, write_json
 from ..core.tracking import log_metrics, log_synchronously, mlflow_run
 from ..worlds import get_world
 
@@ -218,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     name = run_name(args.size, args.kind, args.amount, args.seed)
     rows = load_rows(Path("data/imitation") / args.kind / f"{args.amount}.jsonl")
     base_dir = base_path(args.size, args.seed)
-    if not (base_dir / "model.safetensors").exists():
-        raise FileNotFoundError(f"{base_dir}/model.safetensors is missing: run `dvc repro base@{args.size}-{args.seed}`")
+    if not has_safetensors(base_dir):
+        raise FileNotFoundError(f"{base_dir}/model.safetensors (or its shards) is missing: run "
+                                f"`dvc repro base@{args.size}-{args.seed}`")
     seed = chain_seed(p.seed, args.seed)
     from transformers import AutoTokenizer
 
