@@ -75,6 +75,29 @@ def test_model_template_without_generation_markers_is_refused_in_one_line(tmp_pa
     assert load_tokenizer(str(tokenizer_dir(tmp_path / "ok", bos=False, template=marked)), "main", p)
 
 
+# -- 5. the teacher's preference answers get the models' length budget -----------------
+def test_teacher_preference_answers_get_the_models_budget(tmp_path, monkeypatch):
+    from imitation_gap.llm.client import LLMClient
+    from imitation_gap.stages import evaluate
+    from imitation_gap.worlds import Endpoint, get_world
+
+    seen = {}
+    monkeypatch.setattr(LLMClient, "check_reachable", lambda self, key: None)
+    monkeypatch.setattr(LLMClient, "chat_many", lambda self, items, sampling, **kw: seen.update(sampling) or {})
+    p = hub_params(tmp_path)
+    evaluate.teacher_answers(p, get_world(p), Endpoint("http://127.0.0.1:9/v1"), [{"id": "k1", "prompt": "hi"}])
+    assert seen["max_tokens"] == p.eval.pref_max_new_tokens == p.hub.eval.pref_max_new_tokens
+    # the embedded world: 64, the same cap as its models' answers (its teacher writes whole answers anyway)
+    from imitation_gap.core.config import load_params
+
+    pe = load_params(ROOT / "params.yaml")
+    seen.clear()
+    monkeypatch.chdir(tmp_path)
+    evaluate.teacher_answers(pe, type("W", (), {"answer_problem": lambda self, k, a: None})(),
+                             Endpoint("http://127.0.0.1:9/v1"), [{"id": "k1", "prompt": "hi"}])
+    assert seen["max_tokens"] == pe.eval.pref_max_new_tokens
+
+
 # -- 7. sharded checkpoints ---------------------------------------------------------------
 def test_sft_trains_from_a_sharded_base_and_eval_accepts_shards(tmp_path):
     import torch
@@ -104,3 +127,24 @@ def test_sft_trains_from_a_sharded_base_and_eval_accepts_shards(tmp_path):
     assert has_safetensors(base) and has_safetensors(out)
     sorted(base.glob("model-*.safetensors"))[0].unlink()  # a shard missing: no checkpoint
     assert not has_safetensors(base)
+
+
+# -- 2. every benchmark's data checked before the teacher is paid ------------------------
+def test_a_benchmark_whose_data_cannot_load_stops_eval_before_any_teacher_call(small_world, tmp_path):
+    with serve(small_world) as (url, server):
+        repo = make_repo(tmp_path / "repo", {
+            "world": "hub", "grid": {"sizes": ["S"], "kinds": ["local"], "amounts": [40]},
+            "hub": {"teacher": {"base_url": url, "model": "teacher", "api_key_env": "OPENAI_API_KEY"},
+                    "judge": {"base_url": url, "nonexpert_model": "judge-nonexpert", "expert_model": "judge-expert",
+                              "api_key_env": "OPENAI_API_KEY"},
+                    "tasks": [{"name": "nq_open", "shots": 3, "role": "qa", "metric": "exact_match,remove_whitespace"}]}})
+        (repo / "data/raw/eval").mkdir(parents=True)
+        (repo / "data/raw/eval/pref.jsonl").write_text(json.dumps({"id": "koala_1", "prompt": "Hi", "kind": "open"}) + "\n")
+        r = run(["python", "-m", "imitation_gap.stages.evaluate", "--teacher"], repo, check=False,
+                extra_env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+                           "HF_DATASETS_CACHE": str(tmp_path / "empty-cache"), "HF_HOME": str(tmp_path / "hf")})
+        lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert len(lines) == 1 and "'nq_open'" in lines[0] and "hub.task_include_path" in lines[0]
+        assert "Traceback" not in r.stderr
+        assert server.stats.requests == 0  # nothing asked of (or paid to) the teacher

@@ -69,11 +69,12 @@ class HubWorld:
         return None  # a real teacher has no fixed format; the client still refuses empty or undecodable text
 
     def eval_plan(self, is_teacher: bool) -> tuple:
-        from .tasks import task_manager, task_plan
+        from .tasks import check_task_data, task_manager, task_plan
 
         p = self.p
         tm = task_manager(p)
         tasks, skipped = task_plan(p, tm, is_teacher)
+        check_task_data(p, tm, tasks)
         return tm, tasks, skipped, {"apply_chat_template": is_teacher and p.hub.teacher_api == "chat",
                                     "confirm_run_unsafe_code": p.hub.allow_code_eval}
 
