@@ -75,6 +75,35 @@ def test_model_template_without_generation_markers_is_refused_in_one_line(tmp_pa
     assert load_tokenizer(str(tokenizer_dir(tmp_path / "ok", bos=False, template=marked)), "main", p)
 
 
+# -- 4. a retry of a malformed answer changes the seed -----------------------------------
+def test_malformed_retry_asks_with_another_seed(tmp_path):
+    from openai.types.chat import ChatCompletion
+
+    from imitation_gap.llm.client import LLMClient
+
+    sent = []
+
+    class Completions:
+        async def create(self, **kw):
+            sent.append(kw)
+            text = "Question: Q?\nAnswer: A" if len(sent) == 3 else "malformed"
+            return ChatCompletion.model_validate({
+                "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]})
+
+    class Client:
+        chat = type("Chat", (), {"completions": Completions()})()
+
+    c = LLMClient("http://127.0.0.1:9/v1", "m", cache_dir=tmp_path, malformed_retries=2, backoff_base=0.001,
+                  backoff_max=0.001, progress=False)
+    got, why = asyncio.run(c._fetch(Client(), [{"role": "user", "content": "hi"}], {"temperature": 1.0, "seed": 3},
+                                    "id", {}, validate=lambda a: None if a.startswith("Question") else "bad"))
+    assert why == "" and got["content"].startswith("Question")
+    seeds = [kw.get("seed") for kw in sent]
+    assert seeds[0] == 3 and len(set(seeds)) == 3  # each retry samples anew
+    assert all(kw["temperature"] == 1.0 and kw["messages"] == sent[0]["messages"] for kw in sent)
+
+
 # -- 5. the teacher's preference answers get the models' length budget -----------------
 def test_teacher_preference_answers_get_the_models_budget(tmp_path, monkeypatch):
     from imitation_gap.llm.client import LLMClient
