@@ -75,6 +75,36 @@ def test_model_template_without_generation_markers_is_refused_in_one_line(tmp_pa
     assert load_tokenizer(str(tokenizer_dir(tmp_path / "ok", bos=False, template=marked)), "main", p)
 
 
+# -- 3. local pairs in the variants a small instruct model writes -----------------------
+@pytest.mark.parametrize("answer,pair", [
+    ("Question: What causes rain?\nAnswer: Clouds", ("What causes rain?", "Clouds")),  # the canonical format
+    ("**Question:** What causes rain?\n**Answer:** Clouds", ("What causes rain?", "Clouds")),
+    ("Q: What causes rain?\nA: Clouds", ("What causes rain?", "Clouds")),
+    ("Sure!\n\nQuestion 1: What causes rain?\nAnswer 1: Clouds", ("What causes rain?", "Clouds")),
+    ("Question: What causes rain? Answer: Clouds", ("What causes rain?", "Clouds")),
+    ("Question: What causes rain?\nAnswer: Answer: Clouds", ("What causes rain?", "Clouds")),
+])
+def test_local_pair_variants_are_read(answer, pair):
+    from imitation_gap.imitation.build import to_row
+
+    row = to_row("local", "", answer)
+    assert row is not None and (row["messages"][0]["content"], row["messages"][1]["content"]) == pair
+
+
+def test_no_pair_no_row_and_the_hub_prompt_spells_out_the_format(tmp_path):
+    import random
+
+    from imitation_gap.imitation.build import to_row
+    from imitation_gap.worlds.hub.prompts import local_prompts_hub
+
+    assert to_row("local", "", "I do not know.") is None
+    assert to_row("local", "", "What is the capital of Australia, a classic question.") is None
+    seeds = [{"question": "Who wrote Hamlet?", "answer": "Shakespeare"}, {"question": "Who is Ada?", "answer": "X"}]
+    prompt, sampling = next(iter(local_prompts_hub(hub_params(tmp_path), random.Random(0), seeds)))
+    assert prompt.rstrip().endswith("Question: <a new question>\nAnswer: <its short answer>")
+    assert sampling["temperature"] == 1.0  # the default hub.local_temperature: SmolLM2-135M meets it (tests/hub_lm)
+
+
 # -- 4. a retry of a malformed answer changes the seed -----------------------------------
 def test_malformed_retry_asks_with_another_seed(tmp_path):
     from openai.types.chat import ChatCompletion
@@ -125,6 +155,49 @@ def test_teacher_preference_answers_get_the_models_budget(tmp_path, monkeypatch)
     evaluate.teacher_answers(pe, type("W", (), {"answer_problem": lambda self, k, a: None})(),
                              Endpoint("http://127.0.0.1:9/v1"), [{"id": "k1", "prompt": "hi"}])
     assert seen["max_tokens"] == pe.eval.pref_max_new_tokens
+
+
+# -- 6. a copied few-shot seed is not new data ---------------------------------------------
+class _Tok:
+    def apply_chat_template(self, messages, **kw):
+        return {"input_ids": [0] * (2 + sum(len(m["content"].split()) for m in messages))}
+
+    def __call__(self, text, **kw):
+        return {"input_ids": [0] * len(text.split())}
+
+
+def test_a_copied_seed_is_refused_and_asked_again(tmp_path):
+    import random
+
+    from imitation_gap.imitation.build import build_kind
+    from imitation_gap.llm.budget import CallStats
+    from imitation_gap.worlds.hub.prompts import local_prompts_hub
+
+    seeds = [{"question": f"Who wrote book {i}?", "answer": f"Author {i}"} for i in range(4)]
+    p = hub_params(tmp_path, {"grid": {"amounts": [30]}, "imitate": {"local_shots": 2}})
+
+    class Teacher:  # answers each prompt first with one of its seeds, verbatim, then (asked again) a new pair
+        stats = CallStats()
+        calls = 0
+
+        def chat_many(self, items, sampling, desc="", validate=None, max_failure_fraction=None):
+            out = {}
+            for rid, msgs in items:
+                shown = [s for s in seeds if s["question"] in msgs[0]["content"]]
+                for answer in (f"Question: {shown[0]['question']}\nAnswer: {shown[0]['answer']}",
+                               f"Question: What is new in {rid}?\nAnswer: Something"):
+                    self.calls += 1
+                    if validate(answer) is None:
+                        out[rid] = {"content": answer, "prompt_tokens": 1, "completion_tokens": 1}
+                        break
+                    assert validate(answer) == "copied_example"
+            return out
+
+    t = Teacher()
+    rows, stats = build_kind("local", local_prompts_hub(p, random.Random(0), seeds), t, p, _Tok(), set(), set())
+    questions = [r["messages"][0]["content"] for r in rows]
+    assert rows and not set(questions) & {s["question"] for s in seeds}
+    assert all(q.startswith("What is new in") for q in questions) and t.calls % 2 == 0 and t.calls >= 2 * len(rows)
 
 
 # -- 7. sharded checkpoints ---------------------------------------------------------------
