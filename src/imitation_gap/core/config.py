@@ -115,6 +115,8 @@ class HubModel(_Section):
 
     id: Str
     revision: Str
+    # a GGUF file in that repo or directory (e.g. SmolLM2-135M-Instruct.Q4_1.gguf): dequantized to dense weights
+    gguf_file: Str = Field(default="", description="'' = safetensors weights; else a .gguf file of the repo")
 
 
 class Size(_Section):

@@ -29,17 +29,58 @@ from .records import Prompts, Transcripts
 RAW = Path("data/raw")
 
 _QA_RE = re.compile(r"Question:\s*(?P<q>.+?)\s*\nAnswer:\s*(?P<a>.+)", re.S)
+# the variants a small instruct model writes around a pair, one line each: "**Question:**", "Q:", "Question 1:",
+# "New question -", list marks or quotes before them; and "Question: ...? Answer: ..." on one line
+_MARK = r"[ \t>*#-]*(?:\*\*|__)?"
+_LABEL = r"\s*(?:\d+\s*)?(?:\*\*|__)?\s*[:.)\-]\s*(?:\*\*|__)?\s*"
+_PAIR_RE = re.compile(rf"(?im)^{_MARK}(?:new\s+)?(?:question|q){_LABEL}(?P<q>\S[^\n]*?)\s*\n+"
+                      rf"{_MARK}(?:answer|a){_LABEL}(?P<a>\S[^\n]*)")
+_INLINE_RE = re.compile(r"(?i)\b(?:question|q)\s*:\s*(?P<q>[^\n?]+\?)\s*(?:answer|a)\s*:\s*(?P<a>\S[^\n]*)")
+_ANSWER_LABEL = re.compile(r"(?i)^(?:answer\s*:\s*)+")
 
 
-def to_row(kind: str, prompt: str, response: str) -> dict | None:
-    """One chat row from a teacher response; None if the response is unusable."""
+def qa_pairs(text: str) -> list[tuple[str, str]]:
+    """Every (question, answer) pair of a response, in the order written, in any of the variants above."""
+    found = [(m.start(), m.group("q"), m.group("a")) for r in (_PAIR_RE, _INLINE_RE) for m in r.finditer(text)]
+    out = []
+    for _, q, a in sorted(found):
+        q, a = q.strip().strip("*_ "), _ANSWER_LABEL.sub("", a.strip().strip("*_ ")).strip()
+        if q and a and (q, a) not in out:
+            out.append((q, a))
+    return out
+
+
+def to_row(kind: str, prompt: str, response: str, skip: frozenset[str] | set[str] = frozenset()) -> dict | None:
+    """One chat row from a teacher response; None if the response is unusable.
+
+    A local pair is the response's first ``Question: ...`` / ``Answer: ...``; failing that (or if that one's
+    question, :func:`~imitation_gap.core.text.normalize`-d, is in ``skip``: a few-shot example copied), the
+    first pair of :func:`qa_pairs` whose question is not in ``skip``."""
     if kind == "broad":
         return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
-    m = _QA_RE.search(tidy(response))
-    if not m:
-        return None
-    return {"messages": [{"role": "user", "content": m.group("q").strip()},
-                         {"role": "assistant", "content": m.group("a").strip().split("\n")[0]}]}
+    text = tidy(response)
+    m = _QA_RE.search(text)
+    if m and not (skip and normalize(m.group("q")) in skip):
+        q, a = m.group("q").strip(), _ANSWER_LABEL.sub("", m.group("a").strip().split("\n")[0]).strip()
+    else:
+        q, a = next(((q, a) for q, a in qa_pairs(text) if normalize(q) not in skip), (None, None))
+        if q is None:
+            return None
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+
+class FewShotPrompts:
+    """A :data:`Prompts` stream whose prompts show ``examples`` (few-shot questions): a pair that repeats one of
+    them is no new data (:func:`build_kind` refuses it as a malformed answer, ``copied_example``, and asks again)."""
+
+    def __init__(self, stream: Prompts, examples: list[str]):
+        self.stream, self.examples = iter(stream), list(examples)
+
+    def __iter__(self) -> "FewShotPrompts":
+        return self
+
+    def __next__(self) -> tuple[str, dict]:
+        return next(self.stream)
 
 
 def eval_ngrams(n: int) -> set[tuple[str, ...]]:
@@ -167,9 +208,11 @@ def build_kind(kind: str, stream: Prompts, client: Any, p: Params, tok, grams: s
     if bound < target:
         raise _too_much(kind, target, bound, len(pool.items), before=True)
 
+    skip = frozenset(normalize(q) for q in getattr(stream, "examples", ()))
+
     def fits(answer: str) -> str | None:
-        if to_row(kind, "", answer) is None:
-            return "not_qa_format"
+        if to_row(kind, "", answer, skip) is None:
+            return "copied_example" if skip and to_row(kind, "", answer) is not None else "not_qa_format"
         return check(answer) if check else None
 
     seen_rows: set[str] = set()
@@ -207,7 +250,7 @@ def build_kind(kind: str, stream: Prompts, client: Any, p: Params, tok, grams: s
             used = nxt + j + 1
             if rid not in answers:
                 continue  # counted as a failure by the client
-            row = to_row(kind, prompt, answers[rid]["content"])
+            row = to_row(kind, prompt, answers[rid]["content"], skip)
             user = row["messages"][0]["content"]
             if user in seen_rows:  # the teacher wrote this question before
                 dropped_dupes += 1

@@ -20,8 +20,9 @@
   no ``choices``), text that is empty or not clean Unicode (:func:`text_problem`), or text that
   the caller's ``validate`` rejects (the embedded teacher's format, a judge's verdict) is retried
   (by us) ``malformed_retries`` times with backoff ``backoff_base * 2**n`` (capped at
-  ``backoff_max``), then counted as a failure with its prompt id and reason; it is never cached
-  nor returned as data.  More than ``max_failure_fraction`` failures raise :class:`TooManyFailures`.
+  ``backoff_max``), each time with another ``seed`` (:func:`retry_sampling`), then counted as a
+  failure with its prompt id and reason; it is never cached nor returned as data.  More than
+  ``max_failure_fraction`` failures raise :class:`TooManyFailures`.
 * **Budget.**  Caps on requests, tokens and dollars (from a price table); on reaching
   one, no new request starts, the ones in flight finish and are cached, and
   :class:`BudgetExceeded` says what to change.  Both errors are
@@ -68,6 +69,14 @@ T = TypeVar("T")
 
 MALFORMED_RETRIES = 2  # default extra tries for a malformed answer
 FATAL_STATUS = (401, 403, 404)  # a wrong key, permission or model name: no request can succeed
+RETRY_SEED_STEP = 1_000_003  # a malformed answer's n-th retry asks with seed + n x this (a seeded backend answers anew)
+
+
+def retry_sampling(sampling: dict, retry: int) -> dict:
+    """The sampling of retry number ``retry`` (1-based) of a malformed answer: another ``seed``, so that a
+    seeded backend does not send the same malformed answer again.  The response is still cached under the
+    key of ``sampling``, the request as asked."""
+    return {**sampling, "seed": (int(sampling.get("seed") or 0) + RETRY_SEED_STEP * retry) % 2 ** 31}
 
 
 class BudgetExceeded(EndpointError):
@@ -356,11 +365,12 @@ class LLMClient:
 
         from openai.types.chat import ChatCompletion
 
+        send = sampling
         while True:
             call = _Call(gate)
             token = _CALL.set(call)
             try:
-                resp = await client.chat.completions.create(model=self.model, messages=messages, **sampling)
+                resp = await client.chat.completions.create(model=self.model, messages=messages, **send)
                 if not isinstance(resp, ChatCompletion):  # a 200 that is no JSON (an HTML page, plain text)
                     raise _Malformed("not_json")
                 if getattr(resp, "usage", None) is not None:
@@ -380,6 +390,7 @@ class LLMClient:
                     return None, reason
                 malformed += 1
                 self.stats.retry_reasons[reason] += 1
+                send = retry_sampling(sampling, malformed)
             except openai.APITimeoutError:
                 return None, "timeout"  # after the SDK's retries
             except openai.APIConnectionError as e:

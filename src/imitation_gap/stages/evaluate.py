@@ -58,7 +58,7 @@ log = logging.getLogger("imitation_gap")
 
 
 # -- capability (lm-eval) --------------------------------------------------------------
-def capability(p: Params, world: World, lm, is_teacher: bool = False) -> tuple[dict, dict, dict]:
+def capability(p: Params, world: World, lm, is_teacher: bool = False, plan: tuple | None = None) -> tuple[dict, dict, dict]:
     """Scores per role (qa, mc, skill), per-item samples, and the task of each role.
 
     Tasks with the same number of shots go to lm-eval in one ``simple_evaluate`` call (the
@@ -68,7 +68,7 @@ def capability(p: Params, world: World, lm, is_teacher: bool = False) -> tuple[d
     seeds each task's few-shot sampler with ``fewshot_random_seed``, so the samples are the same."""
     from lm_eval import simple_evaluate
 
-    tm, tasks, skipped, options = world.eval_plan(is_teacher)
+    tm, tasks, skipped, options = plan or world.eval_plan(is_teacher)
     scores: dict = {role: None for role in skipped}
     samples, names = {}, {t.role: t.name for t in tasks} | {r: f"skipped: {why}" for r, why in skipped.items()}
     by_shots: dict[int, list[HubTask]] = {}
@@ -91,13 +91,13 @@ def capability(p: Params, world: World, lm, is_teacher: bool = False) -> tuple[d
     return scores, samples, names
 
 
-def teacher_capability(p: Params, world: World, teacher: Endpoint) -> tuple[dict, dict, dict]:
+def teacher_capability(p: Params, world: World, teacher: Endpoint, plan: tuple | None = None) -> tuple[dict, dict, dict]:
     """:func:`capability` of the teacher through its API: lm-eval's failures against the endpoint (it retries,
     then raises whatever its HTTP library raised) become one :class:`EndpointError` line, keys masked."""
     orphans = _Orphans()  # lm-eval's other requests, still retrying when one gave up: their tracebacks are noise
     logging.getLogger("asyncio").addFilter(orphans)
     try:
-        out = capability(p, world, world.teacher_lm(teacher.url), is_teacher=True)
+        out = capability(p, world, world.teacher_lm(teacher.url), is_teacher=True, plan=plan)
         logging.getLogger("asyncio").removeFilter(orphans)
         return out
     except (ConfigError, DataError, EndpointError):
@@ -163,11 +163,14 @@ def generate_answers(model_dir: Path, prompts: list[str], max_new_tokens: int, b
 
 def teacher_answers(p: Params, world: World, teacher: Endpoint, prompts: list[dict]) -> list[str]:
     """The teacher's answers to the preference prompts; an answer not in the world's teacher format is a
-    malformed response (never cached), so a broken endpoint stops the stage here, before lm-eval."""
+    malformed response (never cached), so a broken endpoint stops the stage here, before lm-eval.
+
+    The teacher gets the models' length budget, ``eval.pref_max_new_tokens`` (the hub world's 512), so that
+    neither side of a pair is cut shorter (the embedded teacher writes its answers whole, whatever the cap)."""
     client = LLMClient.from_params(p.teacher, teacher.url, cache_host=teacher.cache_host)
     client.check_reachable("teacher.base_url")
     got = client.chat_many([(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in prompts],
-                           {"temperature": p.teacher.temperature, "max_tokens": p.teacher.max_tokens},
+                           {"temperature": p.teacher.temperature, "max_tokens": p.eval.pref_max_new_tokens},
                            desc="teacher answers", validate=lambda a: world.answer_problem("chat", a))
     return [tidy(got[r["id"]]["content"]) if r["id"] in got else "" for r in prompts]
 
@@ -292,14 +295,17 @@ def evaluate(p: Params, world: World, run: str, model_dir: Path | None, info: di
     with mlflow_run(p, f"eval@{run}", {**info, **p.section("eval")}), \
             endpoints(world, p.teacher.base_url, p.eval.judge.base_url) as (teacher, judge):
         timings = {}
+        # the capability tasks, their data sets loaded, before the teacher is paid: a task whose data cannot be
+        # loaded (offline, say) stops the stage here with one line
+        plan = world.eval_plan(model_dir is None)
         t = time.time()
         reference = teacher_answers(p, world, teacher, prompts)  # first: a broken teacher stops the stage here
         timings["teacher_answers_s"] = round(time.time() - t, 1)
         t = time.time()
         if model_dir is None:
-            cap, samples, cap_tasks = teacher_capability(p, world, teacher)
+            cap, samples, cap_tasks = teacher_capability(p, world, teacher, plan)
         else:
-            cap, samples, cap_tasks = capability(p, world, world.checkpoint_lm(model_dir))
+            cap, samples, cap_tasks = capability(p, world, world.checkpoint_lm(model_dir), plan=plan)
         timings["capability_s"] = round(time.time() - t, 1)
         t = time.time()
         answers = reference if model_dir is None else generate_answers(model_dir, [r["prompt"] for r in prompts],

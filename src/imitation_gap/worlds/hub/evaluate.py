@@ -7,7 +7,7 @@ from pathlib import Path
 from ...core.config import Params
 from .answers import answer_problem
 from ..common import form_style, teacher_styled
-from .tasks import capability_lm, task_manager, task_plan, teacher_capability_lm
+from .tasks import capability_lm, check_task_data, task_manager, task_plan, teacher_capability_lm
 
 
 class World:
@@ -28,6 +28,7 @@ class World:
         p = self.p
         tm = task_manager(p)
         tasks, skipped = task_plan(p, tm, is_teacher)
+        check_task_data(p, tm, tasks)  # every benchmark's data, before the teacher is paid for anything
         return tm, tasks, skipped, {"apply_chat_template": is_teacher and p.hub.teacher_api == "chat",
                                     "confirm_run_unsafe_code": p.hub.allow_code_eval}
 

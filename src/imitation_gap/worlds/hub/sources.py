@@ -131,7 +131,7 @@ def _fetch_hub(p: Params, out: Path) -> dict:
     stats["sources"]["hub.local_seeds"] = {"spec": h.local_seeds.model_dump(), "rows": len(seeds)}
     stats["sources"]["hub.pref"] = {"spec": h.pref.model_dump(), "rows": len(pref)}
     stats["sources"]["hub.decontam"] = {"rows": len(decontam)}
-    tok = load_tokenizer(h.token_counter.id, h.token_counter.revision, p)
+    tok = load_tokenizer(h.token_counter.id, h.token_counter.revision, p, h.token_counter.gguf_file)
     write_jsonl(out / "broad_pool.jsonl", pool)
     write_jsonl(out / "seed_qa.jsonl", seeds)
     write_jsonl(out / "eval" / "pref.jsonl", pref)

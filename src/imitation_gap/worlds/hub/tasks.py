@@ -40,6 +40,25 @@ def task_plan(p: Params, tm, is_teacher: bool) -> tuple[list[HubTask], dict[str,
     return run, skipped
 
 
+def check_task_data(p: Params, tm, tasks: list[HubTask]) -> None:
+    """Load the data set of every task (lm-eval builds each task, which loads its data) before anything is paid
+    for: one that cannot be loaded, offline or not found, stops the stage with one line naming the task and how
+    to provide its data.  The data sets are cached by ``datasets``, so lm-eval's own load later is quick."""
+    from lm_eval.tasks import get_task_dict
+
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    for t in tasks:
+        try:
+            get_task_dict([t.name], tm)
+        except Exception as e:  # noqa: BLE001 - whatever datasets raises (ConnectionError offline, FileNotFound, ...)
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:240]
+            how = ("HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set: download it once with both unset (=0), or "
+                   if offline else "")
+            raise DataError(f"{p.source}: hub.tasks: {t.name!r}: cannot load its data set ({why}); {how}give the "
+                            "task a local data file: a task YAML with `dataset_path: json` and `dataset_kwargs: "
+                            "{data_files: ...}` in the directory of hub.task_include_path") from None
+
+
 def capability_lm(p: Params, model_dir: Path):
     """An lm-eval model for a checkpoint: ``hf`` (default) or ``vllm``."""
     import torch
