@@ -144,7 +144,7 @@ def test_the_embedded_check_refuses_junk_and_takes_every_teacher_answer(world_re
 
     monkeypatch.chdir(world_repo)
     p = load_params("params.yaml")
-    w = get_world(p)
+    w = get_world(p, "imitate_dataset")
     teacher = TeacherModel(w.people)
     for junk, why in ((Switch.JUNK, "control_token"), ("Certainly! qq qq lorem @@", "outside_vocabulary"),
                       ("Of course! Winter <|im_end|>", "outside_vocabulary")):

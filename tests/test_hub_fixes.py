@@ -144,7 +144,7 @@ def test_teacher_preference_answers_get_the_models_budget(tmp_path, monkeypatch)
     monkeypatch.setattr(LLMClient, "check_reachable", lambda self, key: None)
     monkeypatch.setattr(LLMClient, "chat_many", lambda self, items, sampling, **kw: seen.update(sampling) or {})
     p = hub_params(tmp_path)
-    evaluate.teacher_answers(p, get_world(p), Endpoint("http://127.0.0.1:9/v1"), [{"id": "k1", "prompt": "hi"}])
+    evaluate.teacher_answers(p, get_world(p, "evaluate"), Endpoint("http://127.0.0.1:9/v1"), [{"id": "k1", "prompt": "hi"}])
     assert seen["max_tokens"] == p.eval.pref_max_new_tokens == p.hub.eval.pref_max_new_tokens
     # the embedded world: 64, the same cap as its models' answers (its teacher writes whole answers anyway)
     from imitation_gap.core.config import load_params

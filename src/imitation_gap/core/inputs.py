@@ -10,51 +10,13 @@ runs them on every input it reads: :func:`require_json`, :func:`require_jsonl`, 
 from __future__ import annotations
 
 import json
-import re
 import struct
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-
-_PRODUCERS = [  # (path pattern, stage), first match wins
-    (r"data/raw(/|$)", "fetch"),
-    (r"models/base/(?P<size>[^/]+)-s(?P<seed>\d+)(/|$)", "base@{size}-{seed}"),
-    (r"data/imitation(/|$)", "imitate-dataset"),
-    (r"models/sft/(?P<size>[^/-]+)-(?P<kind>[^/-]+)-(?P<amount>\d+)-s(?P<seed>\d+)(/|$)",
-     "sft@{size}-{kind}-{amount}-{seed}"),
-    (r"(metrics/runs|eval)/teacher(\.json|/|$)", "eval-teacher"),
-    (r"(metrics/runs|eval)/(?P<size>[^/-]+)-base-s(?P<seed>\d+)(\.json|/|$)", "eval-base@{size}-{seed}"),
-    (r"(metrics/runs|eval)/(?P<size>[^/-]+)-(?P<kind>[^/-]+)-(?P<amount>\d+)-s(?P<seed>\d+)(\.json|/|$)",
-     "eval-sft@{size}-{kind}-{amount}-{seed}"),
-]
-
-
-def _match(path: str | Path) -> tuple[str, str] | None:
-    rel = Path(path).as_posix().lstrip("./")
-    for pattern, stage in _PRODUCERS:
-        m = re.match(pattern, rel)
-        if m:
-            return stage.format(**m.groupdict()), m.group(0).rstrip("/")
-    return None
-
-
-def producer(path: str | Path) -> str | None:
-    """The dvc.yaml stage that writes ``path`` (None: no stage does, e.g. a hand-made input)."""
-    got = _match(path)
-    return got[0] if got else None
-
-
-def rebuild_hint(path: str | Path) -> str:
-    """How to get a whole ``path`` back: the stage that writes it, or DVC's cached copy of its output."""
-    got = _match(path)
-    if got is None:
-        return f"restore it (`dvc checkout {path}` or `git checkout {path}`)"
-    stage, out = got
-    if out.startswith("metrics/"):  # git-tracked metrics (cache: false)
-        return f"rebuild it with `dvc repro {stage}` (or restore it with `git checkout {out}`)"
-    return f"rebuild it with `dvc repro {stage}` (or restore it with `dvc checkout {out}`)"
-
+from .io import read_jsonl
+from .paths import rebuild_hint
 
 def _bad(path: Path, why: str) -> DataError:
     return DataError(f"{path}: {why}; {rebuild_hint(path)}")
@@ -80,8 +42,6 @@ def require_json(path: str | Path, kind: type = dict) -> Any:
 
 def require_jsonl(path: str | Path, min_rows: int = 1) -> list[dict]:
     """The records of a JSONL output of an earlier stage: at least ``min_rows``, each line whole."""
-    from .io import read_jsonl
-
     path = Path(path)
     if not path.is_file():
         raise _bad(path, "is missing")

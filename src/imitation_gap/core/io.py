@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import DataError
+from .paths import rebuild_hint  # a torn output of an earlier stage: the command that rebuilds it
 
 
 def deep_update(base: dict, over: dict) -> dict:
@@ -181,8 +182,6 @@ def read_jsonl(path: str | Path, fields: dict[str, type | tuple] | None = None, 
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as e:
-            from .inputs import rebuild_hint  # a torn output of an earlier stage: the command that rebuilds it
-
             raise DataError(f"{path}:{i}: not valid JSON ({getattr(e, 'msg', 'nested too deep')}); fix the file or "
                             f"{rebuild_hint(path)}") from None
         if fields is not None:
